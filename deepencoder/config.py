@@ -1,0 +1,118 @@
+"""Configuration of DeepEncoder (SAM-B + 16x compressor + CLIP-L + projector).
+
+``DeepEncoderConfig.deepseek_ocr()`` is the real DeepSeek-OCR encoder (``../shared/SPEC.md``; upstream
+``deepencoder/sam_vary_sdpa.py`` ``build_sam_vit_b`` and ``clip_sdpa.py`` ``vit_model_cfg``).
+``DeepEncoderConfig.small_test()`` keeps the structure (window blocks with edge padding, global blocks,
+the 4-conv compressor, CLIP with CLS, projector) at a size the CPU and the Triton interpreter can run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Tuple
+
+
+@dataclass(frozen=True)
+class SAMConfig:
+    img_size: int = 1024  # pretraining size: pos_embed is (img_size/patch)^2
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    norm_eps: float = 1e-6
+    # neck + net_2 + net_3 channels: 768 -> 256 -> 256 -> 512 -> 1024
+    out_chans: int = 256
+    net2_chans: int = 512
+    net3_chans: int = 1024
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def pos_grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    ffn_hidden_size: int = 4096
+    layernorm_eps: float = 1e-5
+    pre_layernorm_eps: float = 1e-5
+    image_size: int = 224  # CLIP's own patch embedding (never run, but its weight loads)
+    patch_size: int = 14
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_positions(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass(frozen=True)
+class DeepEncoderConfig:
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    n_embed: int = 1280  # projector output, LLM hidden size
+    name: str = "deepseek-ocr"
+
+    @property
+    def projector_in(self) -> int:
+        return self.clip.hidden_size + self.sam.net3_chans
+
+    @staticmethod
+    def deepseek_ocr() -> "DeepEncoderConfig":
+        return DeepEncoderConfig()
+
+    @staticmethod
+    def small_test() -> "DeepEncoderConfig":
+        """Reduced dims, real structure. Head dim stays 64 as in both real encoders.
+
+        SAM: 4 blocks (window 14, global at 1 and 3), 2 heads of 64; pos grid 16 (so S=256 needs no
+        resize, other S exercise the bicubic resize). Compressor 128 -> 32 -> 32 -> 48 -> 64.
+        CLIP: 2 layers, hidden 64 (1 head of 64), pos table for a 16x16 grid + CLS (image_size 224,
+        patch 14, as upstream), so g != 16 exercises the CLIP position resize.
+        """
+        sam = SAMConfig(img_size=256, embed_dim=128, depth=4, num_heads=2, global_attn_indexes=(1, 3),
+                        out_chans=32, net2_chans=48, net3_chans=64)
+        clip = CLIPConfig(hidden_size=64, num_layers=2, num_heads=1, ffn_hidden_size=128)
+        return DeepEncoderConfig(sam=sam, clip=clip, n_embed=96, name="small-test")
+
+    def replace(self, **kw) -> "DeepEncoderConfig":
+        return dataclasses.replace(self, **kw)
+
+    def validate(self) -> None:
+        if self.sam.net3_chans != self.clip.hidden_size:
+            raise ValueError(f"SAM net_3 output channels ({self.sam.net3_chans}) must equal CLIP hidden size "
+                             f"({self.clip.hidden_size}): CLIP consumes the compressor output as its patch "
+                             "embeddings")
+        if self.sam.embed_dim % self.sam.num_heads or self.clip.hidden_size % self.clip.num_heads:
+            raise ValueError("hidden sizes must be divisible by the head counts")
+
+
+def grid_sizes(image_size: int, patch_size: int = 16) -> Tuple[int, int]:
+    """(G, g) for a square input of side ``image_size``: SAM patch grid and compressed token grid.
+
+    g follows PyTorch's conv arithmetic for two stride-2, pad-1, kernel-3 convs: floor((G-1)/2)+1 twice,
+    i.e. ceil(G/4) in two steps (G=40 -> 20 -> 10; G=80 -> 40 -> 20).
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
+    G = image_size // patch_size
+    g1 = (G - 1) // 2 + 1
+    g = (g1 - 1) // 2 + 1
+    return G, g

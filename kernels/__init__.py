@@ -1,0 +1,8 @@
+"""deepencoder.kernels: Triton kernels for DeepEncoder, each usable on its own.
+
+Installed as ``deepencoder.kernels`` (never a top-level ``kernels``). One folder per op:
+``reference.py`` (pure torch), ``triton.py`` (``@triton.jit`` kernels + launchers), ``op.py`` (custom op,
+fake implementation, dispatcher). See ``_common.py`` for the backend rules.
+"""
+
+from ._common import BackendUnavailable, last_backend, last_backend_reason  # noqa: F401

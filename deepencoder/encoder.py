@@ -1,0 +1,201 @@
+"""The public encoder: images in, LLM-ready vision tokens out.
+
+Follow one image from pixels to tokens here::
+
+    image ─ preprocess (mode: resize / pad / Gundam tiles, normalise)          deepencoder.preprocess
+          ─ encode_pixels: SAM-B → 16× compressor → CLIP-L → projector            reference.py or fast.py
+          ─ layout_tokens: tiles stitched + newlines, global view + newlines,
+                           view_seperator                                          reference.layout_tokens
+
+:class:`DeepEncoder` owns one set of weights (one ``state_dict``, loaded once) and runs it on either
+backend: ``"reference"`` (upstream-faithful PyTorch, the correctness oracle) or ``"fast"`` (Triton
+kernels + FlashAttention). ``"auto"`` is fast on CUDA, reference elsewhere.
+
+:meth:`DeepEncoder.encode` batches across requests: every Gundam tile of every image goes into one
+SAM/CLIP batch, global views are grouped by size, and results come back per image in input order.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .config import DeepEncoderConfig
+from .modes import DEFAULT_MAX_TILES, get_mode
+from .reference import DeepEncoderReference, check_pixels, layout_tokens
+from .weights import init_random_, load_checkpoint
+
+BACKENDS = ("auto", "reference", "fast")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+RANDOM_WEIGHTS_WARNING = ("deepencoder: no --weights given: running with SEEDED RANDOM weights. Token counts and "
+                          "shapes are real; the output values are MEANINGLESS.")
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class EncodedImage:
+    """One image's encoder output, in the order the LLM consumes it."""
+
+    tokens: torch.Tensor  # [T, n_embed]
+    mode: str
+    grid: Tuple[int, int]  # Gundam tiles (across, down); (1, 1) without tiles
+    num_tokens: int
+    seconds: float = 0.0
+    size: Tuple[int, int] = (0, 0)  # original (width, height)
+    source: str = ""
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+class DeepEncoder:
+    """DeepSeek-OCR's vision encoder with a choice of backend.
+
+    Args:
+        config: :class:`DeepEncoderConfig` (default: the real DeepSeek-OCR encoder).
+        weights: path to a DeepSeek-OCR checkpoint (safetensors file, sharded index json, or folder).
+            None: seeded random weights (``random_weights`` is True; outputs are meaningless).
+        device: "cuda", "cpu", ... (default: cuda when available).
+        dtype: parameter/activation dtype (default: bfloat16 on CUDA, float32 on CPU).
+        backend: "auto" | "reference" | "fast".
+        cuda_graphs: capture the fast path per input shape with CUDA graphs (CUDA only).
+    """
+
+    def __init__(self, config: Optional[DeepEncoderConfig] = None, weights: Optional[str] = None,
+                 device=None, dtype=None, backend: str = "auto", seed: int = 0, strict: bool = True,
+                 cuda_graphs: bool = False, max_batch: int = 32):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.config = config or DeepEncoderConfig.deepseek_ocr()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+        self.dtype = resolve_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.model = DeepEncoderReference(self.config)
+        self.random_weights = weights is None
+        if weights is None:
+            init_random_(self.model, seed)
+        else:
+            load_checkpoint(self.model, weights, strict=strict)
+        self.model.to(device=self.device, dtype=self.dtype).eval()
+        self.max_batch = max_batch
+        self.cuda_graphs = cuda_graphs
+        self.requested_backend = backend
+        self.backend = self._resolve_backend(backend)
+        self._fast = None
+
+    # ------------------------------------------------------------------ backends
+    def _resolve_backend(self, backend: str) -> str:
+        if backend == "reference":
+            return "reference"
+        if backend == "auto":
+            return "fast" if self.device.type == "cuda" else "reference"
+        from . import fast  # "fast" requested explicitly: it must be able to run here
+
+        fast.check_runnable(self.device, self.dtype)
+        return "fast"
+
+    @property
+    def fast_model(self):
+        if self._fast is None:
+            from .fast import FastDeepEncoder
+
+            self._fast = FastDeepEncoder(self.model, cuda_graphs=self.cuda_graphs)
+        return self._fast
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B,3,S,S]`` normalised pixels -> projected tokens ``[B, g^2, n_embed]`` (no layout)."""
+        check_pixels(pixels, self.config)
+        pixels = pixels.to(device=self.device, dtype=self.dtype)
+        if self.backend == "fast":
+            return self.fast_model(pixels)
+        return self.model(pixels)
+
+    # ------------------------------------------------------------------ images -> tokens
+    @torch.inference_mode()
+    def encode(self, images: Union[Sequence, object], mode: Union[str, Sequence[str]] = "base",
+               max_tiles: int = DEFAULT_MAX_TILES, engine: str = "auto") -> List[EncodedImage]:
+        """Encode images (PIL images, paths or uint8 arrays) into LLM-ready token sequences.
+
+        ``mode`` is one mode for all images or one per image. All views are batched across images:
+        tiles of every Gundam image in one batch, global views grouped by size.
+        """
+        from .preprocess import preprocess
+
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("no images to encode")
+        modes = [mode] * len(images) if isinstance(mode, str) else list(mode)
+        if len(modes) != len(images):
+            raise ValueError(f"got {len(modes)} modes for {len(images)} images")
+        modes = [get_mode(m).name for m in modes]
+        t0 = time.perf_counter()
+        views = [preprocess(img, mode=m, max_tiles=max_tiles, engine=engine) for img, m in zip(images, modes)]
+        t_pre = time.perf_counter() - t0
+        return self.encode_views(views, sources=[_describe(x) for x in images], t_pre=t_pre)
+
+    @torch.inference_mode()
+    def encode_views(self, views, sources: Optional[List[str]] = None, t_pre: float = 0.0) -> List[EncodedImage]:
+        """Encode preprocessed :class:`deepencoder.preprocess.Views` with cross-request batching."""
+        t0 = time.perf_counter()
+        # Group every view by side: (S) -> list of (image index, tile index or -1, tensor).
+        groups: Dict[int, List[Tuple[int, int, torch.Tensor]]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(v.global_view.shape[-1], []).append((i, -1, v.global_view))
+            if v.tiles is not None:
+                for t in range(v.tiles.shape[0]):
+                    groups.setdefault(v.tiles.shape[-1], []).append((i, t, v.tiles[t]))
+        outputs: Dict[Tuple[int, int], torch.Tensor] = {}
+        for _, items in sorted(groups.items()):
+            for s in range(0, len(items), self.max_batch):
+                chunk = items[s:s + self.max_batch]
+                pix = torch.stack([x[2] for x in chunk]).to(device=self.device, dtype=self.dtype,
+                                                            non_blocking=True)
+                out = self.encode_pixels(pix)
+                for (i, t, _), o in zip(chunk, out):
+                    outputs[(i, t)] = o
+        nl, sep = self.model.image_newline, self.model.view_seperator
+        results = []
+        elapsed = time.perf_counter() - t0
+        per_image = (elapsed + t_pre) / max(len(views), 1)
+        for i, v in enumerate(views):
+            tiles = None
+            if v.tiles is not None:
+                tiles = torch.stack([outputs[(i, t)] for t in range(v.tiles.shape[0])])
+            tok = layout_tokens(outputs[(i, -1)], nl, sep, tiles, tuple(v.grid))
+            if tok.shape[0] != v.num_tokens:  # the layout and the counting helper must agree
+                raise AssertionError(f"token layout produced {tok.shape[0]} tokens, expected {v.num_tokens}")
+            results.append(EncodedImage(tokens=tok, mode=v.mode, grid=tuple(v.grid), num_tokens=tok.shape[0],
+                                        seconds=per_image, size=tuple(v.size),
+                                        source=(sources[i] if sources else "")))
+        return results
+
+    def warn_if_random(self) -> None:
+        if self.random_weights:
+            warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
+
+
+def _describe(x) -> str:
+    if isinstance(x, str):
+        return x
+    try:
+        import os
+
+        if isinstance(x, os.PathLike):
+            return os.fspath(x)
+    except Exception:  # noqa: BLE001
+        pass
+    return type(x).__name__

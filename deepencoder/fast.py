@@ -76,6 +76,7 @@ class FastDeepEncoder:
     # ------------------------------------------------------------------ SAM
     def sam_blocks(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` -> channels-last block output ``[B,G,G,768]``."""
+        from deepencoder.kernels.add_layernorm import add_layernorm
         from deepencoder.kernels.sam_attention import sam_attention
 
         sam = self.sam
@@ -83,21 +84,29 @@ class FastDeepEncoder:
         G = x.shape[1]
         pos = self._cache.get(sam.pos_embed, G, lambda: resize_sam_pos_embed(sam.pos_embed, G).contiguous())
         x = (x + pos).contiguous()
-        for blk in sam.blocks:
+        blocks = list(sam.blocks)
+        n1 = blocks[0].norm1
+        h = F.layer_norm(x, n1.normalized_shape, n1.weight, n1.bias, n1.eps)
+        C = x.shape[-1]
+        for i, blk in enumerate(blocks):
             attn = blk.attn
             ws = blk.window_size
             L = ws if ws > 0 else G
             rh = self._cache.get(attn.rel_pos_h, L, lambda a=attn: resize_rel_pos(a.rel_pos_h, L).contiguous())
             rw = self._cache.get(attn.rel_pos_w, L, lambda a=attn: resize_rel_pos(a.rel_pos_w, L).contiguous())
-            h = F.layer_norm(x, blk.norm1.normalized_shape, blk.norm1.weight, blk.norm1.bias, blk.norm1.eps)
             qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias)
             o = sam_attention(qkv, rh, rw, attn.num_heads, ws, qkv_bias=attn.qkv.bias, backend=self.op_backend)
-            x = torch.addmm(x.view(-1, x.shape[-1]), o.view(-1, o.shape[-1]), attn.proj.weight.t()).view_as(x)
-            x = x.add_(attn.proj.bias)
-            h = F.layer_norm(x, blk.norm2.normalized_shape, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps)
-            h = F.gelu(F.linear(h, blk.mlp.lin1.weight, blk.mlp.lin1.bias))
-            x = torch.addmm(x.view(-1, x.shape[-1]), h.view(-1, h.shape[-1]), blk.mlp.lin2.weight.t()).view_as(x)
-            x = x.add_(blk.mlp.lin2.bias)
+            p = torch.mm(o.view(-1, C), attn.proj.weight.t()).view_as(x)
+            # x += proj(o); h = norm2(x): one pass (residual, bias and LayerNorm fused)
+            x, h = add_layernorm(x, p, attn.proj.bias, blk.norm2.weight, blk.norm2.bias, blk.norm2.eps,
+                                 backend=self.op_backend)
+            m = F.gelu(F.linear(h, blk.mlp.lin1.weight, blk.mlp.lin1.bias))
+            p = torch.mm(m.view(-1, m.shape[-1]), blk.mlp.lin2.weight.t()).view_as(x)
+            if i + 1 < len(blocks):  # x += mlp(h); h = next block's norm1(x)
+                nn1 = blocks[i + 1].norm1
+                x, h = add_layernorm(x, p, blk.mlp.lin2.bias, nn1.weight, nn1.bias, nn1.eps, backend=self.op_backend)
+            else:
+                x = x.add_(p).add_(blk.mlp.lin2.bias)
         return x
 
     def sam_forward(self, pixels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -114,6 +123,7 @@ class FastDeepEncoder:
     # ------------------------------------------------------------------ CLIP
     def clip_forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Compressor tokens ``[B, g^2, 1024]`` -> CLIP output ``[B, 1+g^2, 1024]``."""
+        from deepencoder.kernels.add_layernorm import add_layernorm
         from deepencoder.kernels.clip_attention import clip_attention
 
         clip = self.clip
@@ -124,19 +134,27 @@ class FastDeepEncoder:
         x = torch.empty(B, n + 1, C, device=tokens.device, dtype=tokens.dtype)
         x[:, 0] = emb.class_embedding + pos[0]
         torch.add(tokens, pos[1:], out=x[:, 1:])
-        x = F.layer_norm(x, clip.pre_layrnorm.normalized_shape, clip.pre_layrnorm.weight, clip.pre_layrnorm.bias,
-                         clip.pre_layrnorm.eps)
-        for layer in clip.transformer.layers:
+        pre = clip.pre_layrnorm
+        layers = list(clip.transformer.layers)
+        if not layers:
+            return F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
+        x = F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
+        ln = layers[0].layer_norm1
+        h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        for i, layer in enumerate(layers):
             sa = layer.self_attn
-            ln1, ln2 = layer.layer_norm1, layer.layer_norm2
-            h = F.layer_norm(x, ln1.normalized_shape, ln1.weight, ln1.bias, ln1.eps)
             qkv = F.linear(h, sa.qkv_proj.weight, sa.qkv_proj.bias)
             o = clip_attention(qkv, sa.num_heads, backend="auto")
-            x = torch.addmm(x.view(-1, C), o.reshape(-1, C), sa.out_proj.weight.t()).view_as(x).add_(sa.out_proj.bias)
-            h = F.layer_norm(x, ln2.normalized_shape, ln2.weight, ln2.bias, ln2.eps)
-            h = quick_gelu(F.linear(h, layer.mlp.fc1.weight, layer.mlp.fc1.bias))
-            x = torch.addmm(x.view(-1, C), h.view(-1, h.shape[-1]), layer.mlp.fc2.weight.t()).view_as(x)
-            x = x.add_(layer.mlp.fc2.bias)
+            p = torch.mm(o.reshape(-1, C), sa.out_proj.weight.t()).view_as(x)
+            ln2 = layer.layer_norm2
+            x, h = add_layernorm(x, p, sa.out_proj.bias, ln2.weight, ln2.bias, ln2.eps, backend=self.op_backend)
+            m = quick_gelu(F.linear(h, layer.mlp.fc1.weight, layer.mlp.fc1.bias))
+            p = torch.mm(m.view(-1, m.shape[-1]), layer.mlp.fc2.weight.t()).view_as(x)
+            if i + 1 < len(layers):
+                nl = layers[i + 1].layer_norm1
+                x, h = add_layernorm(x, p, layer.mlp.fc2.bias, nl.weight, nl.bias, nl.eps, backend=self.op_backend)
+            else:
+                x = x.add_(p).add_(layer.mlp.fc2.bias)
         return x
 
     # ------------------------------------------------------------------ whole encoder

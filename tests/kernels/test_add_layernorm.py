@@ -1,0 +1,55 @@
+"""Fused residual + bias + LayerNorm kernel against the reference."""
+
+import pytest
+import torch
+
+from deepencoder.kernels import BackendUnavailable, last_backend
+from deepencoder.kernels.add_layernorm import add_layernorm, add_layernorm_ref
+from tests.conftest import DEVICE, assert_same_dtype_rule
+
+CASES = [((1, 7, 768), True, torch.float32), ((2, 5, 5, 768), True, torch.float16),
+         ((3, 17, 1024), False, torch.bfloat16), ((1, 1, 97), True, torch.float32)]
+
+
+def make(shape, has_bias, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[-1]
+    x = torch.randn(shape, generator=g)
+    y = torch.randn(shape, generator=g)
+    bias = torch.randn(C, generator=g) if has_bias else None
+    w = 1 + 0.1 * torch.randn(C, generator=g)
+    b = 0.1 * torch.randn(C, generator=g)
+    return x, y, bias, w, b
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("shape,has_bias,dtype", CASES,
+                         ids=[f"{'x'.join(map(str, s))}-{'bias' if hb else 'nobias'}-{str(d)[6:]}" for s, hb, d in CASES])
+def test_add_layernorm_triton(shape, has_bias, dtype):
+    x, y, bias, w, b = make(shape, has_bias)
+    dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    s32, h32 = add_layernorm_ref(x.double(), y.double(), None if bias is None else bias.double(), w.double(),
+                                 b.double(), 1e-6)
+    lp = lambda t: None if t is None else t.to(DEVICE, dtype)  # noqa: E731
+    s_t, h_t = add_layernorm_ref(lp(x), lp(y), lp(bias), dev(w), dev(b), 1e-6)
+    s, h = add_layernorm(lp(x), lp(y), lp(bias), dev(w), dev(b), 1e-6, backend="triton")
+    assert last_backend("add_layernorm") == "triton"
+    assert s.dtype == dtype and h.dtype == dtype
+    assert_same_dtype_rule(s.cpu(), s_t.cpu(), s32, factor=2.0, atol=1e-5, what="residual")
+    assert_same_dtype_rule(h.cpu(), h_t.cpu(), h32, factor=2.0, atol=1e-5, what="layernorm")
+    s2, h2 = add_layernorm(lp(x), lp(y), lp(bias), dev(w), dev(b), 1e-6, backend="auto")
+    assert last_backend("add_layernorm") == "triton"
+    torch.testing.assert_close(h2, h, rtol=0, atol=0)
+
+
+def test_add_layernorm_kill_switch_and_guards(monkeypatch):
+    x, y, bias, w, b = make((2, 3, 64), True)
+    monkeypatch.setenv("DEEPENCODER_DISABLE_ADD_LAYERNORM", "1")
+    add_layernorm(x.to(DEVICE), y.to(DEVICE), bias.to(DEVICE), w.to(DEVICE), b.to(DEVICE), 1e-6)
+    assert last_backend("add_layernorm") == "torch"
+    monkeypatch.delenv("DEEPENCODER_DISABLE_ADD_LAYERNORM")
+    with pytest.raises(BackendUnavailable, match="contiguous"):
+        xt = x.to(DEVICE).transpose(0, 1)
+        add_layernorm(xt, xt.clone(), bias.to(DEVICE), w.to(DEVICE), b.to(DEVICE), 1e-6, backend="triton")
+    with pytest.raises(ValueError, match="weight must be"):
+        add_layernorm(x, y, bias, w[:10], b, 1e-6)

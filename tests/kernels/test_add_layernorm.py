@@ -53,3 +53,16 @@ def test_add_layernorm_kill_switch_and_guards(monkeypatch):
         add_layernorm(xt, xt.clone(), bias.to(DEVICE), w.to(DEVICE), b.to(DEVICE), 1e-6, backend="triton")
     with pytest.raises(ValueError, match="weight must be"):
         add_layernorm(x, y, bias, w[:10], b, 1e-6)
+
+
+@pytest.mark.interpreter
+def test_add_layernorm_custom_op_opcheck_and_compile():
+    x, y, bias, w, b = (t.to(DEVICE) for t in make((2, 3, 64), True, seed=4))
+    from deepencoder.kernels.add_layernorm.op import _add_layernorm_op
+
+    torch.library.opcheck(_add_layernorm_op, (x, y, bias, w, b, 1e-6),
+                          test_utils=("test_schema", "test_faketensor"))
+    f = torch.compile(lambda *a: add_layernorm(*a, 1e-6, backend="triton"), backend="aot_eager", fullgraph=True)
+    s, h = f(x, y, bias, w, b)
+    s_r, h_r = add_layernorm_ref(x, y, bias, w, b, 1e-6)
+    torch.testing.assert_close(h, h_r, rtol=1e-5, atol=1e-5)

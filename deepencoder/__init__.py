@@ -15,15 +15,15 @@ from .weights import CheckpointError, load_checkpoint, save_checkpoint  # noqa: 
 
 
 def patch(model, cuda_graphs: bool = False, op_backend: str = "auto"):
-    """Swap a loaded DeepSeek-OCR model's encoder for the fast path in place (see deepencoder.patch)."""
-    from .patch import patch as _patch
+    """Swap a loaded DeepSeek-OCR model's encoder for the fast path in place (see deepencoder.patching)."""
+    from .patching import patch as _patch
 
     return _patch(model, cuda_graphs=cuda_graphs, op_backend=op_backend)
 
 
 def unpatch(model):
     """Undo :func:`patch`."""
-    from .patch import unpatch as _unpatch
+    from .patching import unpatch as _unpatch
 
     return _unpatch(model)
 

@@ -44,3 +44,24 @@ def add_layernorm_fwd(x2, y2, bias, weight, ln_bias, eps, s_out, h_out):
         x2.stride(0), y2.stride(0), s_out.stride(0), h_out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_C=BLOCK_C, num_warps=num_warps)
     return s_out, h_out
+
+
+def aot_specs():
+    """Ahead-of-time compile specs (see kernels/_aot.py): the SAM (C=768) and CLIP (C=1024) rows."""
+    specs = []
+    for dtype, ty in (("fp16", "*fp16"), ("bf16", "*bf16")):
+        for C, rows, name in ((768, 8 * 64 * 64, "sam"), (1024, 8 * 257, "clip")):
+            block = triton.next_power_of_2(C)
+            specs.append({
+                "op": "add_layernorm", "name": f"add_layernorm-{name}-C{C}-{dtype}",
+                "fn": _add_layernorm_fwd_kernel,
+                "signature": {"X": ty, "Y": ty, "BIAS": ty, "W": ty, "B": ty, "S_OUT": ty, "H_OUT": ty,
+                              "C": "i32", "eps": "fp32", "stride_x_row": "i32", "stride_y_row": "i32",
+                              "stride_s_row": "i32", "stride_h_row": "i32", "HAS_BIAS": "constexpr",
+                              "BLOCK_C": "constexpr"},
+                "constexprs": {"HAS_BIAS": True, "BLOCK_C": block},
+                "num_warps": 4, "num_stages": 1, "dtype": dtype,
+                # per call at batch 8 (S=1024 SAM map or a CLIP batch): ~8 flops/element
+                "flops": 8.0 * rows * C, "bytes": 2.0 * 4 * rows * C,
+            })
+    return specs

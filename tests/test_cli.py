@@ -1,0 +1,100 @@
+"""The deepencoder CLI: encode end to end, tables, warnings, outputs, and clear errors."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from deepencoder.cli import main
+from deepencoder.modes import vision_token_count
+
+SMALL = ["--config", "small-test", "--backend", "reference", "--device", "cpu"]
+
+
+def page(path, w=900, h=700, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_encode_files_and_folder(tmp_path, capsys):
+    d = tmp_path / "pages"
+    d.mkdir()
+    a = page(d / "a.png", 900, 700, 1)
+    page(d / "b.png", 500, 400, 2)
+    (d / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    rc = main(["encode", a, str(d), "--mode", "gundam", "--out", str(out)] + SMALL)
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "RANDOM" in cap.err and "MEANINGLESS" in cap.err  # random weights are said plainly
+    assert "LLM tokens" in cap.out and "gundam" in cap.out
+    files = sorted(os.listdir(out))
+    assert files == ["a-1.safetensors", "a.safetensors", "b.safetensors"]  # same stem twice: suffixed
+    with safe_open(str(out / "a.safetensors"), "pt") as f:
+        t = f.get_tensor("tokens")
+        meta = f.metadata()
+    assert t.shape == (vision_token_count(900, 700, "gundam"), 96)
+    assert meta["random_weights"] == "True" and meta["mode"] == "gundam"
+    assert np.isfinite(t.numpy()).all()
+
+
+def test_never_overwrites_without_force(tmp_path, capsys):
+    a = page(tmp_path / "a.png", 300, 200)
+    out = tmp_path / "out"
+    assert main(["encode", a, "--mode", "tiny", "--out", str(out)] + SMALL) == 0
+    target = out / "a.safetensors"
+    before = target.read_bytes()
+    os.utime(target, (1, 1))
+    assert main(["encode", a, "--mode", "tiny", "--out", str(out)] + SMALL) == 2
+    assert "--force" in capsys.readouterr().err
+    assert target.read_bytes() == before and os.stat(target).st_mtime == 1
+    assert main(["encode", a, "--mode", "tiny", "--out", str(out), "--force"] + SMALL) == 0
+    assert os.stat(target).st_mtime != 1
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_folder", "corrupt", "empty_file", "pdf"])
+def test_clear_errors(tmp_path, capsys, case):
+    if case == "missing":
+        arg, expect = str(tmp_path / "nope.png"), "not found"
+    elif case == "empty_folder":
+        (tmp_path / "e").mkdir()
+        arg, expect = str(tmp_path / "e"), "holds no images"
+    elif case == "corrupt":
+        (tmp_path / "c.png").write_bytes(b"\x89PNG garbage")
+        arg, expect = str(tmp_path / "c.png"), "c.png"
+    elif case == "empty_file":
+        (tmp_path / "z.png").write_bytes(b"")
+        arg, expect = str(tmp_path / "z.png"), "z.png"
+    else:
+        (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.4")
+        arg, expect = str(tmp_path / "doc.pdf"), "PDF"
+    rc = main(["encode", arg, "--mode", "tiny", "--out", str(tmp_path / "o")] + SMALL)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error" in err and expect in err
+
+
+def test_unknown_mode_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["encode", "x.png", "--mode", "huge"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_fast_backend_without_cuda_or_interpreter_says_so(monkeypatch):
+    from deepencoder.config import DeepEncoderConfig
+    from deepencoder.encoder import DeepEncoder
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        DeepEncoder(DeepEncoderConfig.small_test(), backend="fast", device="cpu")
+
+
+def test_demo_small(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "demo"), "--modes", "tiny,gundam"] + SMALL)
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "tiny" in out and "gundam" in out and "903" in out and "73" in out
+    assert (tmp_path / "demo" / "sample_page.png").exists()

@@ -1,0 +1,190 @@
+"""The fast encoder against the reference: kernels end to end, batching, patch/unpatch, dispatch."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import deepencoder
+from deepencoder.config import DeepEncoderConfig
+from deepencoder.encoder import DeepEncoder
+from deepencoder.fast import FastDeepEncoder
+from deepencoder.kernels import last_backend
+from deepencoder.patching import is_patched, patch, unpatch
+from deepencoder.reference import DeepEncoderReference
+from deepencoder.weights import init_random_
+
+from tests.conftest import DEVICE, max_err
+
+
+def small_model(dtype=torch.float32, seed=0):
+    return init_random_(DeepEncoderReference(DeepEncoderConfig.small_test()), seed).to(DEVICE, dtype).eval()
+
+
+def pixels(B, S, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(B, 3, S, S, generator=g) * 2 - 1).to(DEVICE)
+
+
+def test_fast_plumbing_with_torch_ops_matches_reference():
+    """FastDeepEncoder's own code (layouts, in-place residuals, concat buffer) with the ops' torch backends."""
+    m = small_model()
+    x = pixels(2, 256)
+    with torch.no_grad():
+        ref = m(x)
+        out = FastDeepEncoder(m, op_backend="torch")(x)
+    assert last_backend("sam_attention") == "torch" and last_backend("compressor") == "torch"
+    torch.testing.assert_close(out, ref, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("B,S", [(1, 256), (2, 320)], ids=["B1-S256", "B2-S320"])
+def test_fast_triton_fp32_matches_reference(B, S):
+    m = small_model()
+    x = pixels(B, S, seed=B)
+    with torch.no_grad():
+        ref = m(x)
+        out = FastDeepEncoder(m)(x)
+    # the dispatcher must have picked the kernels, not silently fallen back
+    assert last_backend("sam_attention") == "triton"
+    assert last_backend("compressor") == "triton"
+    assert last_backend("clip_attention") == ("sdpa" if DEVICE == "cuda" else "torch")
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.interpreter
+def test_fast_bf16_error_rule():
+    """fast bf16 vs reference fp32 <= 2 x (reference bf16 vs reference fp32), on every output."""
+    m32, m16 = small_model(torch.float32), small_model(torch.bfloat16)
+    x = pixels(1, 256, seed=7)
+    with torch.no_grad():
+        ref32 = m32(x)
+        ref16 = m16(x.bfloat16())
+        fast16 = FastDeepEncoder(m16)(x.bfloat16())
+    assert last_backend("sam_attention") == "triton" and last_backend("compressor") == "triton"
+    assert fast16.dtype == torch.bfloat16 and torch.isfinite(fast16.float()).all()
+    assert max_err(fast16, ref32) <= 2 * max_err(ref16, ref32)
+
+
+@pytest.mark.interpreter
+def test_encoder_api_batches_mixed_modes_like_single_calls():
+    enc = DeepEncoder(DeepEncoderConfig.small_test(), device=DEVICE, backend="fast")
+    assert enc.backend == "fast"
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for w, h in [(700, 1000), (300, 200), (900, 650)]]
+    modes = ["gundam", "tiny", "small"]
+    batched = enc.encode(imgs, mode=modes)
+    singles = [enc.encode([im], mode=md)[0] for im, md in zip(imgs, modes)]
+    for b, s, md in zip(batched, singles, modes):
+        assert b.mode == md and b.num_tokens == deepencoder.vision_token_count(*b.size, md)
+        torch.testing.assert_close(b.tokens, s.tokens, rtol=1e-4, atol=1e-4)
+    assert batched[0].grid == (2, 3) if batched[0].grid != (1, 1) else True
+
+
+def test_encoder_api_reference_and_fast_share_weights():
+    enc = DeepEncoder(DeepEncoderConfig.small_test(), device=DEVICE, backend="reference")
+    fast = enc.fast_model
+    assert fast.sam.blocks[0].attn.qkv.weight.data_ptr() == enc.model.sam_model.blocks[0].attn.qkv.weight.data_ptr()
+
+
+class UpstreamLike(torch.nn.Module):
+    """A module tree with upstream's names and forward signatures (the HF model keeps the encoder
+    under ``model.model``): ``sam_model(x)`` and ``vision_model(x, sam_features)``."""
+
+    def __init__(self, enc: DeepEncoderReference):
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.sam_model = enc.sam_model
+        self.model.vision_model = enc.vision_model
+        self.model.projector = enc.projector
+
+    def encode(self, x):
+        m = self.model
+        f1 = m.sam_model(x)
+        f2 = m.vision_model(x, f1)
+        return m.projector(torch.cat((f2[:, 1:], f1.flatten(2).permute(0, 2, 1)), dim=-1))
+
+
+@pytest.mark.interpreter
+def test_patch_unpatch_round_trip():
+    ref = small_model()
+    up = UpstreamLike(copy.deepcopy(ref))
+    x = pixels(1, 256, seed=3)
+    with torch.no_grad():
+        want = ref(x)
+        before = up.encode(x)
+        sam_fwd = up.model.sam_model.forward
+        patch(up)
+        assert is_patched(up)
+        patch(up)  # idempotent
+        got = up.encode(x)
+        assert last_backend("sam_attention") == "triton" and last_backend("compressor") == "triton"
+        unpatch(up)
+        after = up.encode(x)
+    assert not is_patched(up)
+    assert up.model.sam_model.forward == sam_fwd
+    assert "forward" not in up.model.sam_model.__dict__ and "forward" not in up.model.vision_model.__dict__
+    torch.testing.assert_close(before, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(after, want, rtol=0, atol=0)
+
+
+def test_patch_rejects_foreign_models():
+    with pytest.raises(ValueError, match="sam_model"):
+        patch(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.interpreter
+def test_fast_real_config_s512_matches_reference():
+    """The real DeepSeek-OCR config at the smallest mode (Tiny, S=512), fp32, under the interpreter."""
+    m = init_random_(DeepEncoderReference(), seed=2).to(DEVICE).eval()
+    x = pixels(1, 512, seed=11)
+    with torch.no_grad():
+        ref = m(x)
+        out = FastDeepEncoder(m)(x)
+    assert last_backend("sam_attention") == "triton" and last_backend("compressor") == "triton"
+    assert out.shape == (1, 64, 1280)
+    rel = max_err(out, ref) / float(ref.abs().max())
+    assert rel < 1e-3, rel
+
+
+@pytest.mark.interpreter
+def test_torch_compile_traces_the_fast_model():
+    """Every kernel is a custom op with a fake implementation, so dynamo traces the fast path whole."""
+    m = small_model()
+    x = pixels(1, 256, seed=5)
+    fast = FastDeepEncoder(m)
+    compiled = torch.compile(fast.forward, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        got = compiled(x)
+        want = m(x)
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_fast_forward_has_no_host_sync():
+    m = small_model(torch.bfloat16)
+    x = pixels(2, 256).bfloat16()
+    f = FastDeepEncoder(m)
+    f(x)  # warm-up: JIT compile and autotune may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        f(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_match_eager():
+    m = small_model(torch.bfloat16)
+    eager = FastDeepEncoder(m)
+    graphed = FastDeepEncoder(m, cuda_graphs=True)
+    for seed in range(3):  # replays with fresh inputs each time
+        x = pixels(2, 256, seed=seed).bfloat16()
+        torch.testing.assert_close(graphed(x), eager(x))  # bf16 default tolerances
+    assert len(graphed._graphs) == 1

@@ -3,7 +3,7 @@
 It reads parameters from any module tree with upstream's attribute names (``sam_model``,
 ``vision_model``, ``projector``; ``blocks[i].attn.qkv`` ...), so it serves both
 :class:`deepencoder.reference.DeepEncoderReference` and a loaded DeepSeek-OCR model (see
-:mod:`deepencoder.patch`). Nothing is copied: one state dict, two backends.
+:mod:`deepencoder.patching`). Nothing is copied: one state dict, two backends.
 
 Per image batch ``[B,3,S,S]``:
 

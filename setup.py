@@ -18,19 +18,27 @@ from setuptools.command.build_ext import build_ext
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# (installed name, source folder); a folder without __init__.py is not shipped
+_MAPPED = [("deepencoder.kernels", "kernels"), ("deepencoder.bench", "bench")]
+
+
+def _mapped():
+    return [(name, src) for name, src in _MAPPED if os.path.exists(os.path.join(HERE, src, "__init__.py"))]
+
+
 def _packages():
     pkgs = ["deepencoder"] + ["deepencoder." + p for p in find_packages("deepencoder")]
-    pkgs += ["deepencoder.kernels"] + ["deepencoder.kernels." + p for p in find_packages("kernels")]
-    pkgs += ["deepencoder.bench"] + ["deepencoder.bench." + p for p in find_packages("bench")]
+    for name, src in _mapped():
+        pkgs += [name] + [name + "." + p for p in find_packages(src)]
     return pkgs
 
 
 def _package_dir():
-    d = {"deepencoder": "deepencoder", "deepencoder.kernels": "kernels", "deepencoder.bench": "bench"}
-    for p in find_packages("kernels"):
-        d["deepencoder.kernels." + p] = os.path.join("kernels", *p.split("."))
-    for p in find_packages("bench"):
-        d["deepencoder.bench." + p] = os.path.join("bench", *p.split("."))
+    d = {"deepencoder": "deepencoder"}
+    for name, src in _mapped():
+        d[name] = src
+        for p in find_packages(src):
+            d[name + "." + p] = os.path.join(src, *p.split("."))
     return d
 
 

@@ -1,0 +1,226 @@
+"""``deepencoder render`` and ``deepencoder compress`` (also ``python -m deepencoder.optical ...``).
+
+Wiring into another argparse CLI::
+
+    from deepencoder.optical.cli import add_subcommands
+    add_subcommands(subparsers)          # registers "render" and "compress"
+    args = parser.parse_args()
+    sys.exit(args.func(args))            # each verb sets func: args -> exit status
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+from ..modes import DEFAULT_MAX_TILES, MODES
+from .render import DEFAULT_DENSITY, DEFAULT_MAX_PAGES, parse_page_size
+
+CONVERSATION_HELP = """\
+conversation file: JSON list of turns, {"turns": [...]}, or JSONL (one turn per line), oldest first:
+  {"role": "user", "text": "...", "age": 12}            age in --age-unit (turns or seconds), or
+  {"role": "user", "text": "...", "timestamp": "2025-10-21T09:30:00Z"}   ISO 8601; ages count back
+                                                          from the newest timestamp (or --now)
+  with neither field the position is the age (last turn = 0). "content" is accepted for "text"."""
+
+
+def _encoder_args(p: argparse.ArgumentParser, default_on: bool) -> None:
+    g = p.add_argument_group("encoder")
+    if default_on:
+        g.add_argument("--no-encode", dest="encode", action="store_false",
+                       help="render and plan only; do not run the encoder")
+    else:
+        g.add_argument("--encode", action="store_true", help="also run the encoder on the pages")
+    g.add_argument("--weights", default=None,
+                   help="DeepSeek-OCR safetensors checkpoint (file, index json or folder); without it the "
+                        "encoder uses seeded random weights and its outputs are meaningless")
+    g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--backend", default="auto", choices=("auto", "reference", "fast"))
+    g.add_argument("--batch-size", type=int, default=8, help="pages per encoder call (default 8)")
+    g.add_argument("--config", default="deepseek-ocr", choices=("deepseek-ocr", "small-test"), help=argparse.SUPPRESS)
+
+
+def _page_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pages")
+    g.add_argument("--density", type=float, default=DEFAULT_DENSITY,
+                   help=f"target characters per vision token of the page mode; picks the font size "
+                        f"(default {DEFAULT_DENSITY:g}, about 10x compression at ~4 characters per text token)")
+    g.add_argument("--font-size", type=int, default=None, help="font size in pixels (overrides --density)")
+    g.add_argument("--page-size", type=parse_page_size, default=None, help="WxH in pixels (default: the mode's)")
+    g.add_argument("--plain", action="store_true", help="plain text: keep every line break and space as is "
+                                                        "(default: simple Markdown)")
+    g.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, help="Gundam tile limit (9 HF, 6 vLLM)")
+    g.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES,
+                   help=f"refuse inputs that need more pages (default {DEFAULT_MAX_PAGES}; 0 = no limit)")
+    g.add_argument("--tokenizer", default=None,
+                   help="text-token counter: 'estimate' (default, labelled), 'hf:NAME_OR_PATH' (transformers), "
+                        "or 'module:function' (str -> int)")
+
+
+def add_subcommands(subparsers) -> None:
+    """Register ``render`` and ``compress`` on an argparse subparsers object."""
+    r = subparsers.add_parser(
+        "render", help="render text / Markdown into page images for a mode; print the compression table",
+        description="Render plain text or simple Markdown into page images sized for a DeepEncoder mode, "
+                    "with a font size chosen for a target text density, and print the text-vs-vision token "
+                    "table for every mode.")
+    r.add_argument("input", help="text or Markdown file ('-' = stdin)")
+    r.add_argument("-o", "--out", required=True, help="output folder")
+    r.add_argument("--mode", default="base", choices=list(MODES), help="page size and density target (default base)")
+    r.add_argument("--force", action="store_true", help="replace outputs already in --out")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _page_args(r)
+    _encoder_args(r, default_on=False)
+    r.set_defaults(func=cmd_render)
+
+    c = subparsers.add_parser(
+        "compress", help="memory decay: plan a conversation into text + falling-resolution pages under a budget",
+        description="Optical context compression of a conversation: newer turns stay text, older turns are "
+                    "rendered into pages encoded at falling resolution (gundam > large > base > small > tiny); "
+                    "with --budget the oldest turns are degraded first until the total fits.",
+        epilog=CONVERSATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("conversation", help="JSON / JSONL conversation ('-' = stdin)")
+    c.add_argument("-o", "--out", required=True, help="output folder")
+    c.add_argument("--budget", type=int, default=None, help="total token budget (text + vision tokens)")
+    c.add_argument("--schedule", default=None,
+                   help="level by age, e.g. 'text:4,gundam:8,large:16,base:32,small:64,tiny' (turns) or "
+                        "'text:1h,large:1d,tiny' (seconds: s/m/h/d/w); default: doubling bounds as shown")
+    c.add_argument("--age-unit", default="turns", choices=("turns", "seconds"), help="unit of 'age' fields")
+    c.add_argument("--now", default=None, help="ISO 8601 reference time for timestamps (default: newest turn)")
+    c.add_argument("--page-mode", default="large", choices=list(MODES),
+                   help="page geometry and density reference (default large: 1280x1280)")
+    c.add_argument("--drop-oldest", action="store_true",
+                   help="if all-Tiny is still over budget, drop the oldest turns (listed) instead of failing")
+    c.add_argument("--turns", action="store_true", help="also print the per-turn table")
+    c.add_argument("--force", action="store_true", help="replace outputs already in --out")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _page_args(c)
+    _encoder_args(c, default_on=True)
+    c.set_defaults(func=cmd_compress)
+
+
+def _make_encoder(args):
+    if not args.encode:
+        return None
+    from ..config import DeepEncoderConfig
+    from ..encoder import DeepEncoder
+
+    cfg = DeepEncoderConfig.small_test() if args.config == "small-test" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # we print our own, plainer random-weights notice
+        return DeepEncoder(config=cfg, weights=args.weights, device=args.device, dtype=args.dtype,
+                           backend=args.backend, seed=0)
+
+
+def _read(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _run(fn, args, verb: str) -> int:
+    from .pipeline import RANDOM_WEIGHTS_NOTICE
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            encoder, out = fn(args)
+        except (ValueError, FileExistsError, FileNotFoundError, ImportError, OSError) as e:
+            _print_warnings(caught)
+            print(f"deepencoder {verb}: error: {e}", file=sys.stderr)
+            return 2
+    _print_warnings(caught)
+    print(out)
+    if encoder is not None and encoder.random_weights:
+        print("\n" + RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+    return 0
+
+
+def _print_warnings(caught) -> None:
+    seen = set()
+    for w in caught:
+        msg = str(w.message)
+        if msg not in seen and "random weights" not in msg.lower():
+            seen.add(msg)
+            print(f"warning: {msg}", file=sys.stderr)
+
+
+def _max_pages(args) -> Optional[int]:
+    return args.max_pages or None
+
+
+def cmd_render(args) -> int:
+    def go(args):
+        from .pipeline import RANDOM_WEIGHTS_NOTICE, render_to_dir
+
+        text = _read(args.input)
+        built = []
+
+        def factory():
+            enc = _make_encoder(args)
+            if enc.random_weights:
+                print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+            built.append(enc)
+            return enc
+
+        s = render_to_dir(text, args.out, args.mode, args.density, args.font_size, args.page_size, not args.plain,
+                          args.tokenizer, factory if args.encode else None, _max_pages(args), args.max_tiles,
+                          args.batch_size, args.force, not args.quiet, source=args.input)
+        encoder = built[0] if built else None
+        g = s["page"]
+        est = " (ESTIMATED: no --tokenizer)" if s["text_tokens_are_estimates"] else ""
+        lines = [f"{s['chars']} characters -> {len(s['pages'])} page(s) of {g['width']}x{g['height']}, font "
+                 f"{g['font_size']} px ({g['cols']}x{g['rows']} cells), rendered for {args.mode}",
+                 f"text tokens: {s['text_tokens']}{est}; the same pages encoded at each mode (* = --mode):", "",
+                 s["table_text"], "", f"wrote {len(s['pages'])} PNG(s), layout.json, summary.json"
+                 + (", encoded.safetensors" if encoder is not None else "") + f" to {args.out}"]
+        return encoder, "\n".join(lines)
+
+    return _run(go, args, "render")
+
+
+def cmd_compress(args) -> int:
+    def go(args):
+        from .pipeline import RANDOM_WEIGHTS_NOTICE, compress_to_dir, turn_table
+        from .planner import load_conversation, plan_memory
+
+        if not os.path.exists(args.conversation) and args.conversation != "-":
+            raise FileNotFoundError(f"no such conversation file: {args.conversation}")
+        turns = load_conversation(args.conversation)
+        plan = plan_memory(turns, args.budget, args.schedule, args.tokenizer, args.age_unit, args.now,
+                           args.page_mode, args.density, args.font_size, args.page_size, not args.plain,
+                           args.max_tiles, "drop" if args.drop_oldest else "error")
+        encoder = _make_encoder(args)
+        if encoder is not None and encoder.random_weights:
+            print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+        s = compress_to_dir(plan, args.out, encoder, args.batch_size, args.force, not args.quiet, _max_pages(args))
+        g = plan.geometry
+        lines = [f"{len(plan.turns)} turns; pages {g.width}x{g.height}, font {g.font_size} px; schedule "
+                 f"{plan.schedule.describe()}; text tokens: {plan.counter_name}", "", s["tables"]["budget"], "",
+                 s["tables"]["levels"]]
+        if args.turns:
+            lines += ["", turn_table(plan)]
+        lines += [f"- {n}" for n in plan.notes]
+        lines += ["", f"wrote {len(s['pages'])} page PNG(s), summary.json"
+                  + (", encoded.safetensors" if encoder is not None and s["pages"] else "") + f" to {args.out}"]
+        return encoder, "\n".join(lines)
+
+    return _run(go, args, "compress")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deepencoder.optical",
+                                     description="Optical context compression on DeepEncoder.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

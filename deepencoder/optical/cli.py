@@ -195,7 +195,8 @@ def cmd_compress(args) -> int:
         plan = plan_memory(turns, args.budget, args.schedule, args.tokenizer, args.age_unit, args.now,
                            args.page_mode, args.density, args.font_size, args.page_size, not args.plain,
                            args.max_tiles, "drop" if args.drop_oldest else "error")
-        encoder = _make_encoder(args)
+        has_pages = any(b.level != "text" for b in plan.blocks())
+        encoder = _make_encoder(args) if has_pages else None  # all text: nothing to encode
         if encoder is not None and encoder.random_weights:
             print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
         s = compress_to_dir(plan, args.out, encoder, args.batch_size, args.force, not args.quiet, _max_pages(args))

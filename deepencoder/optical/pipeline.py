@@ -228,7 +228,7 @@ def level_table(plan: Plan) -> str:
     if plan.dropped:
         rows.append(["DROPPED", len(plan.dropped), "-", "-", 0,
                      sum(plan.text_tokens[i] for i in plan.dropped), "-"])
-    return format_table(["level", "turns", "pages", "vision tok/page", "tokens", "text tokens", "text tok/token"],
+    return format_table(["level", "turns", "pages", "vision tok/page", "tokens", "text tokens", "compression"],
                         rows)
 
 

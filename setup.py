@@ -82,6 +82,7 @@ def _ext_modules():
 setup(
     packages=_packages(),
     package_dir=_package_dir(),
+    package_data={"deepencoder.optical": ["fonts/*.ttf", "fonts/*.txt"]},
     ext_modules=_ext_modules(),
     cmdclass={"build_ext": OptionalBuildExt},
     zip_safe=False,

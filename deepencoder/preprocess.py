@@ -322,6 +322,11 @@ def _resolve_engine(engine: str) -> str:
     return engine
 
 
+def selected_engine(engine: str = "auto") -> str:
+    """The engine ``preprocess(..., engine=engine)`` will use: "cpp" or "python"."""
+    return _resolve_engine(engine)
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -474,4 +479,5 @@ def benchmark_pages(engine: str = "cpp", mode: str = "base", threads: int = 1, n
 
 
 __all__ = ["Views", "load_image", "preprocess", "preprocess_batch", "cpp_available", "cpp_unavailable_reason",
+           "selected_engine",
            "view_shapes", "views_numel", "benchmark_pages", "sample_page"]

@@ -132,7 +132,7 @@ class DeepEncoder:
         ``mode`` is one mode for all images or one per image. All views are batched across images:
         tiles of every Gundam image in one batch, global views grouped by size.
         """
-        from .preprocess import preprocess
+        from .preprocess import preprocess_batch
 
         if not isinstance(images, (list, tuple)):
             images = [images]
@@ -143,7 +143,11 @@ class DeepEncoder:
             raise ValueError(f"got {len(modes)} modes for {len(images)} images")
         modes = [get_mode(m).name for m in modes]
         t0 = time.perf_counter()
-        views = [preprocess(img, mode=m, max_tiles=max_tiles, engine=engine) for img, m in zip(images, modes)]
+        # one multi-threaded C++ call for all images (Python/PIL path when the extension is missing);
+        # pixels are made directly in the model dtype (the C++ engine writes bf16/fp16 itself)
+        views = preprocess_batch(images, modes, max_tiles=max_tiles, engine=engine,
+                                 dtype=self.dtype if self.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                                 else torch.float32)
         t_pre = time.perf_counter() - t0
         return self.encode_views(views, sources=[_describe(x) for x in images], t_pre=t_pre)
 

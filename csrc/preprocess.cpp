@@ -11,9 +11,9 @@
 // PIL's convert("RGB") does; one channel is grey (replicated to RGB); 16-bit values v become
 // round(v / 257) = (v + 128) / 257.
 //
-// Work is split into tasks of output-row bands; each task runs the horizontal pass over only the
-// source rows its band needs (a sliding window of rows), so bands are independent and every output
-// value equals the single-threaded one.
+// Work is split into tasks of output-row bands; each task runs the first resampling pass over only
+// the source rows its band needs (a sliding window of rows), so bands are independent and every output
+// value equals the single-threaded one. With AVX2 the horizontal pass handles 8 source rows per call.
 #include <pybind11/pybind11.h>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
@@ -415,10 +415,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + (s.size() == 1 ? ",)" : ")");
 }
 
-bool numpy_native(const py::dtype& dt) {
-  const char bo = dt.attr("byteorder").cast<std::string>()[0];
-  return bo == '=' || bo == '|' || (bo == '<') == (py::module_::import("sys").attr("byteorder").cast<std::string>() == "little");
-}
+bool numpy_native(const py::dtype& dt) { return dt.attr("isnative").cast<bool>(); }
 
 Source make_source(const py::handle& obj, size_t idx) {
   const std::string where = "image " + std::to_string(idx);

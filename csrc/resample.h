@@ -8,7 +8,9 @@
 //     22 fractional bits (round half away from zero);
 //   * an accumulator starts at 1 << 21 (rounding), sums pixel * coefficient in int32, and is clipped
 //     to 0..255 after an arithmetic shift by 22;
-//   * horizontal pass first, then vertical, with that 8-bit rounding between the passes.
+//   * two passes with that 8-bit rounding between them; horizontal first, except that Pillow >= 13
+//     runs the vertical pass first when the height shrinks by more than twice as many pixels as the
+//     width (vertical_first_pillow13; the Python side probes the installed Pillow and sets the rule).
 // Only the data layout differs: the horizontal pass writes planar rows, and the vertical pass writes
 // normalised values ((v / 255 - 0.5) / 0.5 in float32, then cast) straight into CHW output memory.
 //

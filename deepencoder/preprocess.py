@@ -34,7 +34,6 @@ Input conventions (both engines):
 from __future__ import annotations
 
 import io
-import logging
 import os
 import time
 import warnings
@@ -48,8 +47,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .modes import TILE_SIZE, choose_tile_grid, get_mode, vision_token_count
-
-log = logging.getLogger(__name__)
 
 FILL = 127  # upstream: tuple(int(x * 255) for x in mean), mean = 0.5
 _CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -88,7 +88,9 @@ def test_tiny_small_plain_resize(mode, engine):
     a = rand_img(333, 1000, seed=5)  # aspect not kept, no pad
     v = P.preprocess(a, mode, engine=engine)
     assert torch.equal(v.global_view, norm(Image.fromarray(a).resize((S, S))))
-    assert not torch.any(v.global_view == FILL_NORM).item() or True  # random pixels may equal 127
+    flat = np.full((333, 1000, 3), 200, np.uint8)  # a flat image stays flat: no pad border anywhere
+    g = P.preprocess(flat, mode, engine=engine).global_view
+    assert torch.all(g == ((torch.tensor(200.0) / 255 - 0.5) / 0.5).item())
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -161,7 +161,7 @@ void load_row(const Source& s, int64_t y, uint8_t* out) {
     if (s.c == 3 && s.sx == 3) {
       int64_t x = 0;
 #ifdef DEEPENCODER_X86
-      if (g_use_simd && w < (int64_t(1) << 30)) x = expand_rgb_rgbx_avx2(row, static_cast<int>(w), out);
+      if (g_use_simd) x = expand_rgb_rgbx_avx2(row, static_cast<int>(w), out);
 #endif
       for (; x < w; ++x) {
         out[4 * x + 0] = row[3 * x + 0];
@@ -438,8 +438,9 @@ Source make_source(const py::handle& obj, size_t idx) {
   if (s.c != 1 && s.c != 3 && s.c != 4)
     throw py::value_error(where + ": expected 1, 3 or 4 channels, got shape " + shape_str(shape));
   if (s.h <= 0 || s.w <= 0) throw py::value_error(where + ": zero-size image, shape " + shape_str(shape));
-  if (s.h > (int64_t(1) << 30) || s.w > (int64_t(1) << 30))
-    throw py::value_error(where + ": image too large, shape " + shape_str(shape));
+  // Kernels index pixels of one row with int (4 bytes per pixel): keep sides below 2^28.
+  if (s.h >= (int64_t(1) << 28) || s.w >= (int64_t(1) << 28))
+    throw py::value_error(where + ": image too large (a side of 2^28 pixels or more), shape " + shape_str(shape));
   s.esize = static_cast<int>(dt.itemsize());
   s.data = static_cast<const uint8_t*>(a.data());
   s.sy = a.strides(0);

@@ -18,10 +18,12 @@ Key tiles follow the grid: a tile is ``BLOCK_N`` columns ``[kw0, kw0+BLOCK_N)`` 
 into two cheap pieces, with ``s(m, (kh,kw)) = q.k*scale + bh[m, kh] + bw[m, kw]``:
 
 * ``bw[m, kw] = q_m . Rw[j_m - kw + Lw - 1]`` does not depend on ``kh``: it is computed once per
-  column chunk (the chunk loop runs once for every real grid but Large, S=1280) as one
-  ``tl.dot(q, Rw_window^T)`` (``[BLOCK_M, RW_WIN]`` with ``RW_WIN = next_pow2(Lw+BLOCK_N-1)``) and
-  the Toeplitz skew ``tl.gather(Pw, j_m - kw + BLOCK_N - 1, axis=1)``; it lives in registers as an
-  additive tile (``-inf`` on masked columns, so the loop needs no column mask).
+  column chunk as ``tl.dot(q, Rw_window^T)`` over ``RW_WIN = next_pow2(Lw+BLOCK_N-1)`` table rows
+  (in pieces of ``RW_PIECE <= 64`` rows) and the Toeplitz skew ``tl.gather(P, j_m - kw + ..., axis=1)``
+  (warp shuffles on sm_80/sm_90); it stays in registers as an additive tile with ``-inf`` on the
+  masked columns, so the loop needs no column mask. The chunk loop is unrolled (``N_CHUNKS``
+  constexpr) and the shipped configs give one chunk for every real grid (G = 32, 40, 64, 80):
+  a second chunk keeps the accumulator live across the gather and spills.
 * ``bh[m, kh] = q_m . Rh[i_m - kh + Lh - 1]`` is one value per query row per key tile. A block of
   ``BLOCK_M`` consecutive queries spans at most ``QSPAN = (BLOCK_M-1)//Lw + 2`` grid rows, so all
   the ``Rh`` rows it needs at step ``kh`` are the ``RH_WIN >= QSPAN`` consecutive rows
@@ -37,9 +39,10 @@ key tile of 128x64 scores):
   equals the MMA time at D=64: 16 exp/clk/SM vs ~4096 flop/clk/SM).
 * this kernel's rel-pos work: the ``Rh`` dot 2*128*64*16 = 0.26 MFLOP (+12.5 % tensor work), a
   128x16 select-sum (+1/4 op per score) and a 2 KiB ``Rh`` load from L1/L2; ``bw`` costs one
-  1-MFLOP dot + gather per program (+1.6 % over the 64 key tiles). No extra DRAM traffic.
-* SAM-fast style precomputed ``rel_h, rel_w [B, heads, N, Lh+Lw]`` in fp32: +2 x 100 MiB DRAM per
-  global block at S=1024, batch 8 (written and re-read), plus a separate einsum launch.
+  2.1-MFLOP dot + gather per program (+1.4 % over its 64 key tiles). No extra DRAM traffic.
+* SAM-fast style precomputed ``rel_h, rel_w [B, heads, N, Lh+Lw]`` in fp32: 192 MiB written and
+  read back per global block at S=1024, batch 8 (the kernel's own minimum traffic is 192 MiB:
+  q, k, v in, out back, bf16), plus a separate einsum launch.
 * one-hot MMA of precomputed ``[BLOCK_M, Lh+Lw]`` tables against indicator matrices: +2x the QK^T
   tensor work (K = 128 instead of 64).
 * upstream (materialised bias): 384 MiB bf16 per image per global block read by SDPA.
@@ -137,7 +140,6 @@ def _sam_attention_fwd_kernel(
 
     i_lo = (pid_m * BLOCK_M) // REG_W
     offs_th = tl.arange(0, RH_WIN)
-    offs_tw = tl.arange(0, RW_WIN)
     row_in_win = qi - i_lo  # < RH_WIN by construction of RH_WIN
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -287,7 +289,7 @@ def _cost(window: bool, B: int = 8, G: int = 64, heads: int = 12, D: int = 64, w
     rel-pos dots (2*N*D*(Lh+Lw)); bytes = read q,k,v once + write out (the minimum, both modes)."""
     C = heads * D
     if window:
-        nw = -(-G // ws) ** 2
+        nw = (-(-G // ws)) ** 2
         pairs = nw * (ws * ws) ** 2
         n_q = nw * ws * ws
         L = 2 * ws

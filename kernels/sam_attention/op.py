@@ -38,11 +38,15 @@ def triton_guards(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias):
         return None if side <= MAX_REGION_SIDE else (
             f"attention region side {side} > {MAX_REGION_SIDE} (rel-pos table windows live in registers)")
 
+    def g_int32():
+        n = H * W * C3  # per-image offsets are int32 in the kernel (the batch offset is int64)
+        return None if n < 2 ** 31 else f"one image's qkv has {n} elements (>= 2^31)"
+
     def g_grad():
         needs = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         return "inputs require grad and the Triton kernel has no backward" if needs else None
 
-    return [g_device, g_dtype, g_head_dim, g_contig, g_region, g_grad]
+    return [g_device, g_dtype, g_head_dim, g_contig, g_region, g_int32, g_grad]
 
 
 def sam_attention(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, num_heads: int,

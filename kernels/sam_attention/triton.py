@@ -49,7 +49,8 @@ key tile of 128x64 scores):
 
 Rounding: ``bh``/``bw`` are fp32 from fp32-accumulated dots of the input-dtype q and tables (upstream
 rounds ``rel_h``, ``rel_w`` and their sum to the activation dtype); softmax in fp32; ``p`` is rounded to
-the input dtype for the PV dot, as every flash kernel does. For float32 inputs every dot is IEEE fp32.
+the input dtype for the PV dot, as every flash kernel does. For float32 inputs every dot is IEEE fp32:
+that is the accuracy path, not a fast one (FMA dots; ptxas spills several KiB per thread on sm_80/90).
 Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot`` multiplies raw bits (Triton issue 11584), so
 ``DOT_F32`` casts the operands to fp32 there (bf16 products are exact in fp32: same values).
 """
@@ -73,6 +74,10 @@ class SamAttnConfig(NamedTuple):
 
 
 # Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config.
+# AOT (Triton 3.9, bf16/fp16 alike, at the aot_specs() shapes), registers/thread (spill bytes):
+#   window M64-N16-w4: sm_90 128 (0), sm_80 168 (0)   window M128-N16-w8: sm_90 125 (0), sm_80 136 (0)
+#   global M128-N64-w8: sm_90 165 (0), sm_80 184 (0)  global M64-N64-w4:  sm_90 168 (0), sm_80 189 (0)
+#   global M64-N128-w8: sm_90 237 (0), sm_80 255 (8, outside the key loop)
 CONFIGS = {
     "global": (
         # H100 G=64 (Base, Gundam global view): 2 warpgroups x m64n64k16 wgmma, one key row per step

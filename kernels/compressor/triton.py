@@ -1,0 +1,403 @@
+"""Triton implicit-GEMM convolutions, channels-last, for the 16x compressor (neck + net_2 + net_3).
+
+One kernel, :func:`_conv2d_nhwc_fwd_kernel`, specialised four times (constexprs), launched four times:
+
+=======  ==========================  ================  =====================================
+stage    convolution                 GEMM (M x K x N)  epilogue
+=======  ==========================  ================  =====================================
+neck0    1x1, 768 -> 256             B*G*G x 768 x 256  LayerNorm2d (neck.1), full row in tile
+neck2    3x3 s1 p1, 256 -> 256       B*G*G x 2304 x 256 LayerNorm2d (neck.3), full row in tile
+net2     3x3 s2 p1, 256 -> 512       B*g1*g1 x 2304 x 512  store
+net3     3x3 s2 p1, 512 -> 1024      B*g*g x 4608 x 1024   store into the token-layout output
+=======  ==========================  ================  =====================================
+
+Implicit GEMM: row ``m`` of the GEMM is one output pixel ``(b, oh, ow)``; column ``n`` one output channel;
+the reduction index ``k = (kh*KW + kw)*CIN + cin`` walks the taps, and inside each tap a block of
+``BLOCK_K`` input channels, which are contiguous in channels-last memory: every A-tile row is one
+coalesced 2*BLOCK_K-byte read at ``x[b, oh*S-P+kh, ow*S-P+kw, c0:c0+BLOCK_K]``, zero outside the image
+(that is the padding). One flat loop over ``KH*KW*ceil(CIN/BLOCK_K)`` steps so Triton's software
+pipeliner sees a single loop.
+
+Weights are pre-packed once (:func:`pack_conv_weight`, cached) from the checkpoint's ``[Cout, Cin, KH,
+KW]`` to ``[KH*KW*Cin, Cout]`` (row ``k`` as above, output channels contiguous): B-tile rows are
+contiguous 2*BLOCK_N-byte reads.
+
+LayerNorm2d fusion: a LayerNorm2d normalises each pixel over its channels, i.e. each GEMM row over all
+of ``N``. With ``BLOCK_N >= COUT`` (256 channels fit in one tile) a program owns whole rows, so mean,
+variance, normalisation and the affine transform run on the float32 accumulator in registers before the
+single store. Statistics are float32 (upstream: activation dtype; see ``reference.py`` and the tests for
+the error numbers).
+
+Intermediates (activation dtype, channels-last contiguous): y1 ``[B,G,G,256]``, y2 ``[B,G,G,256]``,
+y3 ``[B,g1,g1,512]``. The last stage writes straight into the caller's ``[B, g*g, 1024]`` buffer through
+its strides (e.g. the right half of the ``[B, g*g, 2048]`` projector-input concat).
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._common import interpreter_active
+from .reference import out_size
+
+
+@triton.jit
+def _conv2d_nhwc_fwd_kernel(
+        X, WP, Y, LNW, LNB,
+        M, H, W, OH, OW, eps,
+        stride_y_b, stride_y_h, stride_y_w,
+        CIN: tl.constexpr, COUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+        STRIDE: tl.constexpr, PAD: tl.constexpr, HAS_LN: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        INTERP_BF16: tl.constexpr, IEEE: tl.constexpr, ALIGNED: tl.constexpr):
+    """``Y[b,oh,ow,:] = (LN?)(sum_{kh,kw,c} X[b, oh*S-P+kh, ow*S-P+kw, c] * WP[(kh*KW+kw)*CIN+c, :])``.
+
+    X: ``[B,H,W,CIN]`` contiguous. WP: ``[KH*KW*CIN, COUT]`` contiguous. Y: ``[B,OH,OW,COUT]`` with
+    strides ``(stride_y_b, stride_y_h, stride_y_w, 1)``. LNW/LNB: ``[COUT]`` (read only when HAS_LN).
+    INTERP_BF16: running under the interpreter with bf16 data (see the two workarounds below).
+    IEEE: float32 data, true fp32 products (no TF32). ALIGNED: X, WP, Y and Y's strides are 16-byte
+    multiples.
+    """
+    tl.static_assert(BLOCK_K >= 16)
+    tl.static_assert(BLOCK_M >= 16)
+    tl.static_assert(BLOCK_N >= 16)
+    tl.static_assert(CIN % 16 == 0)
+    tl.static_assert(COUT % 16 == 0)
+    if HAS_LN:  # LayerNorm over the channels needs the whole row in this program
+        tl.static_assert(BLOCK_N >= COUT)
+    NUM_N: tl.constexpr = (COUT + BLOCK_N - 1) // BLOCK_N
+    KB: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
+    EVEN_K: tl.constexpr = CIN % BLOCK_K == 0
+    EVEN_N: tl.constexpr = COUT % BLOCK_N == 0
+
+    pid = tl.program_id(0)
+    pid_m = pid // NUM_N  # N-tiles of one M-tile run side by side: the gathered A rows stay in L2
+    pid_n = pid % NUM_N
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < COUT
+    ow = offs_m % OW
+    t = offs_m // OW
+    oh = t % OH
+    bi = t // OH
+    ih0 = oh * STRIDE - PAD
+    iw0 = ow * STRIDE - PAD
+    # pixel index of tap (0, 0); int64 because B*H*W*CIN passes 2**31 at large batch
+    pix0 = (bi.to(tl.int64) * H + ih0) * W + iw0
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kk in range(0, KH * KW * KB):
+        tap = kk // KB
+        c0 = (kk - tap * KB) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        a_ok = m_ok
+        if PAD > 0:  # with no padding every tap of a valid output pixel lies inside the image
+            ih = ih0 + kh
+            iw = iw0 + kw
+            a_ok = a_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        cin = c0 + offs_k
+        a_ptrs = X + (pix0 + (kh * W + kw))[:, None] * CIN + cin[None, :]
+        w_ptrs = WP + (tap * CIN + cin)[:, None] * COUT + offs_n[None, :]
+        if ALIGNED:
+            # Every row starts a multiple of 16 elements past a 16-byte aligned base (checked by the
+            # launcher). The JIT infers that from the arguments anyway; the hints make an ahead-of-time
+            # compile see the same 16-byte cp.async / vector loads.
+            a_ptrs = tl.multiple_of(a_ptrs, [1, 16])
+            w_ptrs = tl.multiple_of(w_ptrs, [1, 16])
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=a_ok[:, None], other=0.0)
+            if EVEN_N:
+                b = tl.load(w_ptrs)
+            else:
+                b = tl.load(w_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = cin < CIN
+            a = tl.load(a_ptrs, mask=a_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        if INTERP_BF16:  # the interpreter multiplies raw bf16 bits in tl.dot: upcast there only
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:  # float32 activations: a true fp32 GEMM, not TF32
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+
+    if HAS_LN:
+        # LayerNorm2d over the COUT channels of each row, statistics in float32 on the accumulator.
+        # Padded columns (COUT < BLOCK_N) hold exact zeros (masked weight loads) and are kept out of
+        # the variance.
+        mean = tl.sum(acc, axis=1) / COUT
+        d = acc - mean[:, None]
+        if not EVEN_N:
+            d = tl.where(n_ok[None, :], d, 0.0)
+        var = tl.sum(d * d, axis=1) / COUT
+        rstd = 1.0 / tl.sqrt(var + eps)
+        lw = tl.load(LNW + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        lb = tl.load(LNB + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        acc = d * rstd[:, None] * lw[None, :] + lb[None, :]
+
+    if INTERP_BF16:
+        # The interpreter's float32 -> bfloat16 cast truncates (rounds toward zero); a GPU rounds to
+        # nearest even. Round here by hand so the tests see the GPU's numerics.
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        acc = bits.to(tl.float32, bitcast=True)
+    y_row = bi.to(tl.int64) * stride_y_b + oh.to(tl.int64) * stride_y_h + ow.to(tl.int64) * stride_y_w
+    y_ptrs = Y + y_row[:, None] + offs_n[None, :]
+    if ALIGNED:  # Y and its strides are 16-byte multiples (checked by the launcher)
+        y_ptrs = tl.multiple_of(y_ptrs, [1, 16])
+    y_mask = m_ok[:, None]
+    if not EVEN_N:
+        y_mask = y_mask & n_ok[None, :]
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=y_mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Tile sizes and launch options of one conv stage. ``block_n=None``: the full channel row
+    (``next_power_of_2(COUT)``), required by the LayerNorm epilogues."""
+
+    block_m: int
+    block_n: Optional[int]
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+    def label(self) -> str:
+        bn = "row" if self.block_n is None else str(self.block_n)
+        return f"BM{self.block_m}-BN{bn}-BK{self.block_k}-w{self.num_warps}-s{self.num_stages}"
+
+
+STAGES = ("neck0", "neck2", "net2", "net3")
+LN_STAGES = ("neck0", "neck2")
+
+# Explicit config lists. The first entry of each list is the one shipped (what ``auto`` runs); the
+# others are alternates, kept correct too (the tests force every entry). Ahead-of-time numbers (Triton
+# 3.9, bf16, bundled ptxas; registers/thread, spills, shared memory) are in the issue-4 report:
+# sm90 128 x row(256) x 64, 8 warps: wgmma, 255 regs, 0 spills, 144 KiB; its 64-row alternate 133 regs.
+# 8 warps = 2 warpgroups (64 rows each for wgmma); a 128 x 256 fp32 accumulator is 128 regs/thread and
+# the LayerNorm epilogue's weight/bias vectors another 2 x 64. 4-warp 64 x 256 tiles spill on sm90: not
+# listed. sm80: mma.sync, 128 x row x 32 (8 warps) / 128 x 128 x 32 (4 warps, 4 stages), <= 255 regs,
+# 0 spills, <= 72 KiB.
+CONFIGS: Dict[str, Dict[str, List[ConvConfig]]] = {
+    "sm90": {
+        "neck0": [ConvConfig(128, None, 64, 8, 3), ConvConfig(64, None, 64, 8, 3)],
+        "neck2": [ConvConfig(128, None, 64, 8, 3), ConvConfig(64, None, 64, 8, 3)],
+        "net2": [ConvConfig(128, 256, 64, 8, 3), ConvConfig(128, 128, 64, 4, 4)],
+        "net3": [ConvConfig(128, 256, 64, 8, 3), ConvConfig(128, 128, 64, 4, 4)],
+    },
+    "sm80": {
+        "neck0": [ConvConfig(128, None, 32, 8, 3), ConvConfig(64, None, 32, 8, 3)],
+        "neck2": [ConvConfig(128, None, 32, 8, 3), ConvConfig(64, None, 32, 8, 3)],
+        "net2": [ConvConfig(128, 128, 32, 4, 4), ConvConfig(128, 256, 32, 8, 3)],
+        "net3": [ConvConfig(128, 128, 32, 4, 4), ConvConfig(128, 256, 32, 8, 3)],
+    },
+    # float32 activations (a correctness path, any arch): the fp32 "ieee" dot runs on FMA units with its
+    # operands in registers, so the big 16-bit tiles spill by kilobytes; these do not (<= 197 regs, 40 KiB).
+    "fp32": {
+        "neck0": [ConvConfig(64, None, 32, 8, 2)],
+        "neck2": [ConvConfig(64, None, 32, 8, 2)],
+        "net2": [ConvConfig(64, 256, 32, 8, 2)],
+        "net3": [ConvConfig(64, 256, 32, 8, 2)],
+    },
+}
+# conv2d_nhwc (a lone conv, no LayerNorm) uses the net2 list.
+
+
+def arch_of(device: torch.device) -> str:
+    """Config family for a device: "sm90" for Hopper and datacenter Blackwell (>= 200 KiB smem),
+    "sm80" for everything else; the interpreter uses "sm90"."""
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        return "sm90" if major in (9, 10) else "sm80"
+    return "sm90"
+
+
+def config_family(x: torch.Tensor) -> str:
+    """The config list used for ``x``: "fp32" for float32 data, else the device's arch family."""
+    return "fp32" if x.dtype == torch.float32 else arch_of(x.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight packing
+# --------------------------------------------------------------------------------------------------
+
+_PACK_CACHE: "Dict[tuple, Tuple[object, torch.Tensor]]" = {}
+_PACK_CACHE_MAX = 64
+
+
+def _version(w: torch.Tensor) -> int:
+    try:
+        return w._version
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+def pack_conv_weight(w: torch.Tensor) -> torch.Tensor:
+    """``[Cout, Cin, KH, KW]`` -> ``[KH*KW*Cin, Cout]`` contiguous (row ``(kh*KW+kw)*Cin + cin``).
+
+    Cached per weight tensor (same storage, shape, strides, dtype and in-place version; the source is
+    held by weak reference, so a freed weight never aliases a new one at the same address).
+    """
+    import weakref
+
+    key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()), w.dtype, w.device, _version(w))
+    hit = _PACK_CACHE.get(key)
+    if hit is not None and hit[0]() is not None:
+        return hit[1]
+    cout, cin, kh, kw = w.shape
+    packed = w.detach().permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).contiguous()
+    if len(_PACK_CACHE) >= _PACK_CACHE_MAX:
+        _PACK_CACHE.pop(next(iter(_PACK_CACHE)))
+    try:
+        ref = weakref.ref(w)
+    except TypeError:
+        return packed
+    _PACK_CACHE[key] = (ref, packed)
+    return packed
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+
+def _launch_conv(x: torch.Tensor, wp: torch.Tensor, kh: int, kw: int, stride: int, pad: int, y: torch.Tensor,
+                 ln: Optional[Tuple[torch.Tensor, torch.Tensor]], eps: float, cfg: ConvConfig) -> torch.Tensor:
+    """``x`` ``[B,H,W,CIN]`` contiguous, ``wp`` packed, ``y`` ``[B,OH,OW,COUT]`` with channel stride 1."""
+    B, H, W, CIN = x.shape
+    _, OH, OW, COUT = y.shape
+    M = B * OH * OW
+    block_n = cfg.block_n if cfg.block_n is not None else max(16, triton.next_power_of_2(COUT))
+    if ln is not None and block_n < COUT:
+        raise ValueError(f"conv LayerNorm epilogue needs BLOCK_N >= COUT ({block_n} < {COUT})")
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(COUT, block_n),)
+    lnw, lnb = ln if ln is not None else (wp, wp)
+    interp = interpreter_active()
+    es = y.element_size()
+    aligned = (x.data_ptr() % 16 == 0 and wp.data_ptr() % 16 == 0 and y.data_ptr() % 16 == 0
+               and all(y.stride(i) * es % 16 == 0 for i in range(3)))
+    _conv2d_nhwc_fwd_kernel[grid](
+        x, wp, y, lnw, lnb, M, H, W, OH, OW, float(eps),
+        y.stride(0), y.stride(1), y.stride(2),
+        CIN=CIN, COUT=COUT, KH=kh, KW=kw, STRIDE=stride, PAD=pad, HAS_LN=ln is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
+        INTERP_BF16=interp and x.dtype == torch.bfloat16, IEEE=x.dtype == torch.float32, ALIGNED=aligned,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
+
+
+def conv2d_nhwc_fwd(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
+                    y: Optional[torch.Tensor] = None, ln: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                    eps: float = 1e-6, config: Optional[ConvConfig] = None) -> torch.Tensor:
+    """One implicit-GEMM conv (optionally with the LayerNorm2d epilogue): ``[B,H,W,Cin]`` -> ``[B,OH,OW,Cout]``.
+
+    ``config`` forces a tile config (tests); default: the first ``net2`` entry (``neck0`` with ``ln``)
+    of the device's list.
+    """
+    B, H, W, _ = x.shape
+    cout, _, kh, kw = w.shape
+    OH, OW = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    if y is None:
+        y = torch.empty(B, OH, OW, cout, device=x.device, dtype=x.dtype)
+    if config is None:
+        config = CONFIGS[config_family(x)]["neck0" if ln is not None else "net2"][0]
+    return _launch_conv(x, pack_conv_weight(w), kh, kw, stride, padding, y, ln, eps, config)
+
+
+def compressor_fwd(x: torch.Tensor, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w,
+                   eps: float, out: torch.Tensor, configs: Optional[Dict[str, ConvConfig]] = None) -> torch.Tensor:
+    """The four launches. ``out`` ``[B, g*g, C4]`` with last-dim stride 1 (any token/batch strides).
+
+    ``configs`` maps stage -> :class:`ConvConfig` to force tiles (tests); default: the shipped ones.
+    """
+    B, H, W, _ = x.shape
+    c1, c3, c4 = neck0_w.shape[0], net2_w.shape[0], net3_w.shape[0]
+    shipped = {s: lst[0] for s, lst in CONFIGS[config_family(x)].items()}
+    cfg = {**shipped, **(configs or {})}
+    oh1, ow1 = out_size(H, 3, 2, 1), out_size(W, 3, 2, 1)
+    oh2, ow2 = out_size(oh1, 3, 2, 1), out_size(ow1, 3, 2, 1)
+    y1 = torch.empty(B, H, W, c1, device=x.device, dtype=x.dtype)
+    y2 = torch.empty_like(y1)
+    y3 = torch.empty(B, oh1, ow1, c3, device=x.device, dtype=x.dtype)
+    _launch_conv(x, pack_conv_weight(neck0_w), 1, 1, 1, 0, y1, (ln1_w, ln1_b), eps, cfg["neck0"])
+    _launch_conv(y1, pack_conv_weight(neck2_w), 3, 3, 1, 1, y2, (ln2_w, ln2_b), eps, cfg["neck2"])
+    _launch_conv(y2, pack_conv_weight(net2_w), 3, 3, 2, 1, y3, None, eps, cfg["net2"])
+    # out [B, g*g, C4] seen as [B, g, g, C4]: token t = oh*ow2 + ow
+    y4 = out.as_strided((B, oh2, ow2, c4), (out.stride(0), ow2 * out.stride(1), out.stride(1), 1),
+                        out.storage_offset())
+    _launch_conv(y3, pack_conv_weight(net3_w), 3, 3, 2, 1, y4, None, eps, cfg["net3"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs
+# --------------------------------------------------------------------------------------------------
+
+# (stage, KH, STRIDE, PAD, CIN, COUT, HAS_LN) of the real DeepSeek-OCR compressor
+_REAL_STAGES = (("neck0", 1, 1, 0, 768, 256, True), ("neck2", 3, 1, 1, 256, 256, True),
+                ("net2", 3, 2, 1, 256, 512, False), ("net3", 3, 2, 1, 512, 1024, False))
+
+
+def stage_cost(stage: str, S: int = 1024, batch: int = 32, elem: int = 2) -> Tuple[float, float]:
+    """(flops, minimum DRAM bytes) of one stage: input read once, packed weights once, output written once."""
+    G = S // 16
+    g1 = out_size(G, 3, 2, 1)
+    g2 = out_size(g1, 3, 2, 1)
+    hw_in = {"neck0": G, "neck2": G, "net2": G, "net3": g1}[stage]
+    hw_out = {"neck0": G, "neck2": G, "net2": g1, "net3": g2}[stage]
+    _, k, _, _, cin, cout, ln = next(r for r in _REAL_STAGES if r[0] == stage)
+    M = batch * hw_out * hw_out
+    flops = 2.0 * M * k * k * cin * cout + (8.0 * M * cout if ln else 0.0)
+    nbytes = elem * (batch * hw_in * hw_in * cin + k * k * cin * cout + M * cout + (2 * cout if ln else 0))
+    return flops, float(nbytes)
+
+
+_SIG_NAMES = ("X", "WP", "Y", "LNW", "LNB", "M", "H", "W", "OH", "OW", "eps",
+              "stride_y_b", "stride_y_h", "stride_y_w")
+_CONSTEXPR_NAMES = ("CIN", "COUT", "KH", "KW", "STRIDE", "PAD", "HAS_LN", "BLOCK_M", "BLOCK_N", "BLOCK_K",
+                    "INTERP_BF16", "IEEE", "ALIGNED")
+
+
+def aot_specs() -> List[dict]:
+    """One spec per shipped config (every entry of both the sm90 and the sm80 lists) x dtype (fp16, bf16),
+    at the real channel counts; flops/bytes for S=1024, batch 32. See kernels/_aot.py. (The "fp32" list,
+    a correctness path, is not in the AOT report.)"""
+    specs = []
+    for arch in ("sm90", "sm80"):
+        stages = CONFIGS[arch]
+        for stage, k, stride, pad, cin, cout, ln in _REAL_STAGES:
+            for i, cfg in enumerate(stages[stage]):
+                block_n = cfg.block_n if cfg.block_n is not None else triton.next_power_of_2(cout)
+                for dtype in ("fp16", "bf16"):
+                    ptr = f"*{dtype}"
+                    sig = {n: ptr for n in ("X", "WP", "Y", "LNW", "LNB")}
+                    sig.update({n: "i32" for n in ("M", "H", "W", "OH", "OW")})
+                    sig["eps"] = "fp32"
+                    sig.update({n: "i32" for n in ("stride_y_b", "stride_y_h", "stride_y_w")})
+                    sig.update({n: "constexpr" for n in _CONSTEXPR_NAMES})
+                    constexprs = {"CIN": cin, "COUT": cout, "KH": k, "KW": k, "STRIDE": stride, "PAD": pad,
+                                  "HAS_LN": ln, "BLOCK_M": cfg.block_m, "BLOCK_N": block_n,
+                                  "BLOCK_K": cfg.block_k, "INTERP_BF16": False, "IEEE": False,
+                                  "ALIGNED": True}
+                    flops, nbytes = stage_cost(stage)
+                    specs.append({
+                        "op": "compressor",
+                        "name": f"compressor-{stage}-{arch}-cfg{i}-{cfg.label()}-{dtype}",
+                        "fn": _conv2d_nhwc_fwd_kernel,
+                        "signature": sig, "constexprs": constexprs,
+                        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "dtype": dtype,
+                        "flops": flops, "bytes": nbytes,
+                    })
+    return specs

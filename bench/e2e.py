@@ -1,0 +1,237 @@
+"""End-to-end cases: pixels (or a Gundam page's views) -> vision tokens through :class:`DeepEncoder`.
+
+One set of seeded random weights serves every provider: the ``reference`` encoder is built once per run
+and the ``fast`` / ``fast-graphs`` encoders are views of it (same module, another backend), so no
+provider pays a second weight initialisation. The oracle is a second encoder with the same seed in high
+precision (float32 on CUDA with TF32 off; float64 on the CPU).
+
+Gundam rows time :meth:`DeepEncoder.encode_views` on preprocessed views of a 2 x 3-tile page (one
+1024 global view + six 640 tiles; 903 tokens): every tile of every page in one SAM/CLIP batch (chunks of
+``max_batch``), the layout with newlines and separator included, image decoding and resizing excluded
+(the preprocessing benchmarks cover those).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from deepencoder.config import DeepEncoderConfig, grid_sizes
+
+from . import flops as fl
+from .cases import Case, Provider, Unavailable, _compile_note, _gen
+
+
+@dataclass(frozen=True)
+class E2EMode:
+    name: str
+    size: int  # global view side
+    tiles: Optional[Tuple[int, int]] = None  # (across, down) for Gundam
+    tile_size: int = 640
+
+
+REAL_MODES = {
+    "tiny": E2EMode("tiny", 512), "small": E2EMode("small", 640), "base": E2EMode("base", 1024),
+    "large": E2EMode("large", 1280), "gundam": E2EMode("gundam", 1024, (2, 3), 640),
+}
+# --smoke: the small test config at sizes the CPU (and the Triton interpreter) runs in seconds
+SMOKE_MODES = {
+    "smoke-tiny": E2EMode("smoke-tiny", 128), "smoke-gundam": E2EMode("smoke-gundam", 128, (2, 3), 64),
+}
+
+
+class EncoderPool:
+    """Lazily built encoders shared by all end-to-end cases of one run."""
+
+    def __init__(self, cfg: DeepEncoderConfig, device: torch.device, dtype: torch.dtype, seed: int = 0):
+        self.cfg, self.device, self.dtype, self.seed = cfg, device, dtype, seed
+        self.oracle_dtype = torch.float32 if device.type == "cuda" else torch.float64
+        self._d: Dict[str, Any] = {}
+
+    def _new(self, dtype, backend="reference"):
+        from deepencoder import DeepEncoder
+
+        return DeepEncoder(self.cfg, weights=None, device=self.device, dtype=dtype, backend=backend,
+                           seed=self.seed)
+
+    @property
+    def reference(self):
+        if "reference" not in self._d:
+            self._d["reference"] = self._new(self.dtype)
+        return self._d["reference"]
+
+    @property
+    def oracle(self):
+        if "oracle" not in self._d:
+            self._d["oracle"] = self._new(self.oracle_dtype)
+        return self._d["oracle"]
+
+    def variant(self, name: str, backend: str, cuda_graphs: bool = False):
+        """An encoder over the reference's weights running ``backend`` (raises Unavailable if it can't)."""
+        if name in self._d:
+            return self._d[name]
+        ref = self.reference
+        try:
+            from deepencoder import fast
+
+            fast.check_runnable(self.device, self.dtype)
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"backend='fast': {e}") from e
+        try:  # a view of the same module: same weights, no second initialisation
+            enc = copy.copy(ref)
+            enc._fast = None
+            enc.cuda_graphs = cuda_graphs
+            enc.backend = enc._resolve_backend(backend)
+        except AttributeError:  # DeepEncoder's internals moved: build a fresh one with the same seed
+            from deepencoder import DeepEncoder
+
+            enc = DeepEncoder(self.cfg, None, self.device, self.dtype, backend=backend, seed=self.seed,
+                              cuda_graphs=cuda_graphs)
+        self._d[name] = enc
+        return enc
+
+    def drop_graphs(self):
+        """Forget captured CUDA graphs (each shape keeps its own memory pool alive)."""
+        enc = self._d.get("fast-graphs")
+        if enc is not None and hasattr(enc, "_fast"):
+            enc._fast = None
+
+    def compiled(self, opts):
+        if "compiled" not in self._d:
+            ref = self.reference
+            model = torch.compile(ref.model, mode=opts.get("compile_mode", "max-autotune"),
+                                  backend=opts.get("compile_backend", "inductor"), dynamic=False)
+            enc = copy.copy(ref)
+
+            def encode_pixels(pixels, _m=model, _e=ref):
+                return _m(pixels.to(device=_e.device, dtype=_e.dtype))
+
+            enc.encode_pixels = encode_pixels  # encode_views calls self.encode_pixels
+            self._d["compiled"] = enc
+        return self._d["compiled"]
+
+
+def _views(global_pix, tile_pix, mode: E2EMode, cfg: DeepEncoderConfig):
+    """Per-page :class:`deepencoder.preprocess.Views` over slices of the batched tensors."""
+    from deepencoder.preprocess import Views
+
+    real = mode.size == 1024 and mode.tile_size == 640
+    cls = Views if real else _shape_views_cls(cfg)
+    across, down = mode.tiles
+    n = across * down
+    size = (640 * across, 640 * down)
+    return [cls(global_view=global_pix[i], tiles=tile_pix[i * n:(i + 1) * n], grid=(across, down), size=size,
+                mode="gundam") for i in range(global_pix.shape[0])]
+
+
+_SHAPE_VIEWS = {}
+
+
+def _shape_views_cls(cfg):
+    """Views whose token count follows the tensors' sizes (smoke sizes are not the real 1024/640)."""
+    from dataclasses import dataclass as _dc
+
+    from deepencoder.preprocess import Views
+
+    if "cls" not in _SHAPE_VIEWS:
+        @_dc
+        class ShapeViews(Views):
+            @property
+            def num_tokens(self) -> int:
+                p = cfg.sam.patch_size
+                _, g = grid_sizes(self.global_view.shape[-1], p)
+                _, t = grid_sizes(self.tiles.shape[-1], p)
+                cols, rows = self.grid
+                return g * (g + 1) + (rows * t) * (cols * t + 1) + 1
+
+        _SHAPE_VIEWS["cls"] = ShapeViews
+    return _SHAPE_VIEWS["cls"]
+
+
+def e2e_case(mode: E2EMode, batch: int, pool: EncoderPool, opts: Dict[str, Any]) -> Case:
+    cfg, device, dtype = pool.cfg, pool.device, pool.dtype
+    S = mode.size
+    n_params = opts.setdefault("_n_params", fl.param_count(cfg))
+    elem = fl.elem_bytes(dtype)
+    p = cfg.sam.patch_size
+
+    if mode.tiles is None:
+        def make(seed, B, dt):
+            g = _gen(seed)
+            return ((torch.rand(B, 3, S, S, generator=g) * 2 - 1).to(device, dt),)
+
+        def call(enc):
+            return lambda pix: enc.encode_pixels(pix)
+
+        flops = batch * fl.image_flops(S, cfg)
+        nbytes = fl.image_bytes(S, batch, elem, n_params, cfg.n_embed, p)
+        shape = f"B{batch}-S{S}"
+        prepare = None
+    else:
+        n = mode.tiles[0] * mode.tiles[1]
+        St = mode.tile_size
+
+        def make(seed, B, dt):
+            g = _gen(seed)
+            glob = (torch.rand(B, 3, S, S, generator=g) * 2 - 1).to(device, dt)
+            tiles = (torch.rand(B * n, 3, St, St, generator=g) * 2 - 1).to(device, dt)
+            return (glob, tiles)
+
+        def prepare(glob, tiles):
+            return (_views(glob, tiles, mode, cfg),)
+
+        def call(enc):
+            return lambda views: enc.encode_views(views)
+
+        flops = batch * fl.gundam_flops(mode.tiles, S, St, cfg)
+        nbytes = fl.image_bytes(S, batch, elem, n_params, cfg.n_embed, p) + \
+            fl.image_bytes(St, batch, elem, 0, cfg.n_embed, p, views_per_item=n)
+        shape = f"B{batch}-S{S}+{mode.tiles[0]}x{mode.tiles[1]}x{St}"
+
+    def oracle(*inputs):
+        if prepare is not None:
+            inputs = prepare(*inputs)
+        return call(pool.oracle)(*inputs)
+
+    def fast_call(enc):
+        f = call(enc)
+        if not opts.get("e2e_torch_ops"):
+            return f
+
+        def torch_ops(*a):  # --smoke: the kill switch sends every op to its torch backend
+            old = os.environ.get("DEEPENCODER_DISABLE_TRITON")
+            os.environ["DEEPENCODER_DISABLE_TRITON"] = "1"
+            try:
+                return f(*a)
+            finally:
+                if old is None:
+                    os.environ.pop("DEEPENCODER_DISABLE_TRITON", None)
+                else:
+                    os.environ["DEEPENCODER_DISABLE_TRITON"] = old
+        return torch_ops
+
+    def b_graphs():
+        if device.type != "cuda":
+            raise Unavailable("CUDA graphs: needs a CUDA device (this run: cpu)")
+        return call(pool.variant("fast-graphs", "fast", cuda_graphs=True))
+
+    provs = [
+        Provider("reference", lambda: call(pool.reference), prepare=prepare,
+                 note="DeepEncoder(backend='reference'): upstream-equivalent, materialised bias"),
+        Provider("reference-compile", lambda: call(pool.compiled(opts)), prepare=prepare, compile=True,
+                 note=_compile_note(opts) + " of the reference model"),
+        Provider("fast", lambda: fast_call(pool.variant("fast", "fast")), prepare=prepare,
+                 note="DeepEncoder(backend='fast')" + (
+                     "; smoke: ops on their torch backends (DEEPENCODER_DISABLE_TRITON=1): the Triton "
+                     "interpreter takes seconds per forward" if opts.get("e2e_torch_ops") else "")),
+        Provider("fast-graphs", b_graphs, prepare=prepare,
+                 note="DeepEncoder(backend='fast', cuda_graphs=True): input copied in, output cloned"),
+    ]
+    g = grid_sizes(S, p)[1]
+    return Case("e2e", "encoder", shape, batch, make, oracle, flops, nbytes, batch, mode=mode.name,
+                baseline="reference", providers=provs, cleanup=pool.drop_graphs,
+                extra={"tokens_per_image": g * g if mode.tiles is None else None, "config": cfg.name})

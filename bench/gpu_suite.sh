@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The one-call GPU suite: install, record the machine, CUDA correctness tests, benchmark matrix, summary.
+#
+#   bash bench/gpu_suite.sh OUTDIR            (from anywhere; runs in the repo root)
+#
+# Needs on the GPU machine (no network): PyTorch, Triton, pytest, numpy (pybind11 only for the optional
+# C++ extension, skipped by default: DEEPENCODER_NO_EXT=0 builds it). Every stage runs under `timeout`
+# so a hung stage cannot eat the budget; the script always reaches the summary. Total ~8 minutes.
+#
+# OUTDIR gets (flat, 7 files):
+#   env.txt       nvidia-smi, versions, commit, stage timings
+#   suite.log     install + CUDA tests + benchmark progress, combined
+#   bench.json    long-format rows (rewritten after every row: a killed run keeps what it measured)
+#   bench.md      the table;  bench-throughput.png, bench-roofline.png  the plots
+#   summary.txt   what is printed last (stage status, test counts, short table)
+#
+# Knobs (environment): PYTHON (default python), SUITE_BUDGET_S (total, default 470), BENCH_ARGS (extra
+# arguments for python -m bench, e.g. "--batches 1,8 --no-compile"), DEEPENCODER_COMMIT (the commit being
+# measured, when the copy on the GPU machine has no .git).
+set -u
+OUT="${1:?usage: bash bench/gpu_suite.sh OUTDIR}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-python}"
+BUDGET="${SUITE_BUDGET_S:-470}"
+LOG="$OUT/suite.log"
+ENVF="$OUT/env.txt"
+SUM="$OUT/summary.txt"
+T0=$(date +%s)
+STAGES=""
+: > "$LOG"
+: > "$SUM"
+unset TRITON_INTERPRET            # the kernel tests and the benchmark run the real kernels on the GPU
+export PYTHONUNBUFFERED=1
+export DEEPENCODER_NO_EXT="${DEEPENCODER_NO_EXT:-1}"
+export TRITON_DEFAULT_FP_FUSION="${TRITON_DEFAULT_FP_FUSION:-1}"
+
+elapsed() { echo $(( $(date +%s) - T0 )); }
+
+# stage NAME LIMIT_S CMD... : run CMD with a hard time limit, log everything, remember the status
+stage() {
+    local name="$1" limit="$2"; shift 2
+    local s=$(date +%s)
+    echo "===== [$name] start at +$(elapsed)s, limit ${limit}s: $*" >> "$LOG"
+    timeout -k 15 "$limit" "$@" >> "$LOG" 2>&1
+    local rc=$?
+    local took=$(( $(date +%s) - s ))
+    [ $rc -eq 124 ] && echo "===== [$name] TIMED OUT after ${limit}s" >> "$LOG"
+    echo "===== [$name] rc=$rc in ${took}s" >> "$LOG"
+    STAGES="${STAGES}${name}: rc=${rc} (${took}s$([ $rc -eq 124 ] && echo ', TIMED OUT'))
+"
+    return $rc
+}
+
+# ---------------------------------------------------------------- 1. install
+stage install 150 "$PY" -m pip install --no-deps --no-build-isolation --no-index -e .
+if ! "$PY" -c "import deepencoder.kernels, deepencoder.bench" >> "$LOG" 2>&1; then
+    # fallback without pip: a shadow package tree mapping kernels/ and bench/ into deepencoder.*
+    SHADOW="$(mktemp -d)"
+    mkdir -p "$SHADOW/deepencoder"
+    for f in deepencoder/*; do ln -s "$PWD/$f" "$SHADOW/deepencoder/$(basename "$f")"; done
+    ln -sfn "$PWD/kernels" "$SHADOW/deepencoder/kernels"
+    ln -sfn "$PWD/bench" "$SHADOW/deepencoder/bench"
+    export PYTHONPATH="$SHADOW:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    echo "install fallback: PYTHONPATH shadow tree at $SHADOW" >> "$LOG"
+    STAGES="${STAGES}install-fallback: PYTHONPATH shadow tree
+"
+fi
+
+# ---------------------------------------------------------------- 2. the machine
+{
+    echo "# gpu_suite.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    echo "## commit"
+    git rev-parse HEAD 2>/dev/null || echo "${DEEPENCODER_COMMIT:-unknown (no .git; set DEEPENCODER_COMMIT)}"
+    git status --porcelain --untracked-files=no 2>/dev/null | head -20
+    echo "## nvidia-smi"
+    timeout 20 nvidia-smi 2>&1 || echo "nvidia-smi unavailable"
+    timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv 2>&1
+    echo "## versions"
+    timeout 60 "$PY" - <<'EOF' 2>&1
+import platform, torch
+print("python", platform.python_version())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+try:
+    import triton; print("triton", triton.__version__)
+except Exception as e: print("triton missing", e)
+try:
+    import flash_attn; print("flash_attn", flash_attn.__version__)
+except Exception: print("flash_attn not installed")
+for m in ("numpy", "pytest", "pytest_benchmark", "pybind11", "matplotlib"):
+    try:
+        mod = __import__(m); print(m, getattr(mod, "__version__", "?"))
+    except Exception: print(m, "not installed")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device", p.name, f"cc {p.major}.{p.minor}", f"{p.total_memory / 2**30:.1f} GiB", p.multi_processor_count, "SMs")
+else:
+    print("NO CUDA DEVICE VISIBLE")
+EOF
+} > "$ENVF" 2>&1
+[ -z "${DEEPENCODER_COMMIT:-}" ] && export DEEPENCODER_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+
+# ---------------------------------------------------------------- 3. CUDA correctness tests
+stage tests 150 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or interpreter" tests/kernels -rfE
+TESTS_LINE="$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed|[0-9]+ failed|no tests ran' "$LOG" | tail -1)"
+
+# ---------------------------------------------------------------- 4. benchmark matrix
+LEFT=$(( BUDGET - $(elapsed) - 35 ))
+[ $LEFT -lt 60 ] && LEFT=60
+ROWS_BUDGET=$(( LEFT - 60 ))        # stop starting rows early enough for the last one to finish
+[ $ROWS_BUDGET -lt 30 ] && ROWS_BUDGET=30
+# shellcheck disable=SC2086
+stage bench "$LEFT" "$PY" -m bench --out "$OUT" --name bench --budget-s "$ROWS_BUDGET" --target-ms 100 \
+    --batches 1,8,32 --gundam-batches 1,4 --compile base --quiet ${BENCH_ARGS:-}
+
+# ---------------------------------------------------------------- 5. summary (re-render: the bench may have been cut)
+if [ -s "$OUT/bench.json" ]; then
+    timeout 60 "$PY" -m bench --report "$OUT/bench.json" > "$OUT/.short.txt" 2>> "$LOG"
+fi
+echo "## stages (+$(elapsed)s total)" >> "$ENVF"
+echo "$STAGES" >> "$ENVF"
+{
+    echo "==== deepencoder GPU suite: $(grep -m1 '^device' "$ENVF" || echo 'device ?'), commit ${DEEPENCODER_COMMIT:0:12}, $(elapsed)s"
+    printf '%s' "$STAGES"
+    echo "tests: ${TESTS_LINE:-no test summary found (see suite.log)}"
+    grep -E "FAILED|ERROR " "$LOG" | grep -v "^=====" | head -8
+    if [ -s "$OUT/.short.txt" ]; then
+        grep -vE '\.(json|md|png)$' "$OUT/.short.txt"
+    else
+        echo "no benchmark rows (see suite.log)"
+    fi
+} > "$SUM"
+rm -f "$OUT/.short.txt" "$OUT/bench.json.tmp"
+cat "$SUM"

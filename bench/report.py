@@ -1,0 +1,288 @@
+"""Outputs of a run: long-format JSON, a markdown table, PNG plots, and ``--compare`` of two runs.
+
+Files (``--out DIR --name STEM``): ``STEM.json`` (a JSON array, one object per row, rewritten after every
+row so a killed run keeps what it measured), ``STEM.md``, ``STEM-throughput.png`` (images/s against batch,
+one line per provider, one panel per mode), ``STEM-roofline.png`` (one panel per op: achieved TFLOP/s
+against arithmetic intensity under this run's measured ceilings).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+KEY_FIELDS = ("kind", "op", "mode", "shape", "batch", "provider", "dtype")
+PROVIDER_ORDER = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+COLORS = {"upstream": "tab:gray", "reference": "tab:blue", "reference-compile": "tab:purple", "fast": "tab:orange",
+          "fast-graphs": "tab:red", "flash-nobias": "tab:green"}
+
+
+def ordered(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Peaks first, then cases in first-seen order, providers in PROVIDER_ORDER within a case."""
+    first: Dict[Tuple, int] = {}
+    for i, r in enumerate(rows):
+        first.setdefault(tuple(r.get(k) for k in KEY_FIELDS[:5]), i)
+
+    def key(ir):
+        i, r = ir
+        if r.get("kind") == "peak":
+            return (0, i, 0, 0)
+        p = r.get("provider")
+        return (1, first[tuple(r.get(k) for k in KEY_FIELDS[:5])],
+                PROVIDER_ORDER.index(p) if p in PROVIDER_ORDER else len(PROVIDER_ORDER), i)
+
+    return [r for _, r in sorted(enumerate(rows), key=key)]
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------------
+
+
+def write_json(rows: List[Dict[str, Any]], path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1, default=str, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_rows(path: str) -> List[Dict[str, Any]]:
+    with open(path) as f:
+        data = json.load(f)
+    if isinstance(data, dict) and "rows" in data:
+        data = data["rows"]
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON array of benchmark rows")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def _f(v, fmt="{:.3g}", none="–"):
+    if v is None:
+        return none
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return none
+    return fmt.format(v)
+
+
+def provenance_line(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows)"
+    r = rows[0]
+    dirty = " (dirty tree)" if r.get("git_dirty") else ""
+    return (f"device **{r.get('device')}** (driver {r.get('driver')}), torch {r.get('torch')}, triton "
+            f"{r.get('triton')}, flash-attn {r.get('flash_attn')}, commit `{str(r.get('git_commit'))[:12]}`"
+            f"{dirty}, host {r.get('host')}, {r.get('timestamp')}, config {r.get('config', '?')}")
+
+
+def timing_label(rows: List[Dict[str, Any]]) -> str:
+    labels = sorted({r.get("timing") for r in rows if r.get("timing")})
+    cpu = any(str(x).startswith("cpu") for x in labels)
+    s = "timing: " + ", ".join(labels)
+    if cpu:
+        s += " — **CPU timing**: says the code runs, not how fast a GPU runs it"
+    return s
+
+
+def markdown(rows: List[Dict[str, Any]], title: str = "deepencoder benchmark") -> str:
+    rows = ordered(rows)
+    peaks = [r for r in rows if r.get("kind") == "peak"]
+    body = [r for r in rows if r.get("kind") != "peak"]
+    out = [f"## {title}", "", provenance_line(rows), "", timing_label(rows), ""]
+    if peaks:
+        out.append("Measured ceilings (this run): " + "; ".join(
+            f"{p['op']} {p['shape']}: " + (f"{p['tflops']:.1f} TFLOP/s" if p.get("tflops") else
+                                           f"{p['gbps']:.0f} GB/s (read+write)") for p in peaks))
+        out.append("")
+    out.append("| kind | op / mode | shape | B | provider | dtype | status | p50 ms (p20–p80) | img/s | TFLOP/s "
+               "| % peak | GB/s | mem MB | rel err | note |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in body:
+        what = r["op"] if r["kind"] == "op" else (r.get("mode") or r["op"])
+        if r["kind"] == "op" and r.get("mode"):
+            what += f" ({r['mode']})"
+        ms = "–" if r.get("ms_p50") is None else \
+            f"{r['ms_p50']:.3g} ({r['ms_p20']:.3g}–{r['ms_p80']:.3g})"
+        note = r.get("reason") if r.get("status") != "ok" else ""
+        note = (note or "").replace("|", "/").replace("\n", " ")[:120]
+        out.append(f"| {r['kind']} | {what} | {r['shape']} | {r['batch']} | {r['provider']} | {r['dtype']} | "
+                   f"{r['status']} | {ms} | {_f(r.get('images_per_s'))} | {_f(r.get('tflops'))} | "
+                   f"{_f(r.get('pct_peak_tflops'), '{:.1f}')} | {_f(r.get('gbps'))} | "
+                   f"{_f(r.get('mem_peak_mb'), '{:.0f}', 'n/a')} | {_f(r.get('rel_err'), '{:.1e}')} | {note} |")
+    out.append("")
+    out.append("rel err = ||out − ref|| / ||ref|| against the high-precision oracle (float32 on CUDA with TF32 "
+               "off, float64 on the CPU); a provider over its bound is `failed` and was never timed. "
+               "TFLOP/s and GB/s use the cost model in bench/flops.py (minimum bytes); % peak is against "
+               "this run's measured matmul rate.")
+    return "\n".join(out) + "\n"
+
+
+def short_table(rows: List[Dict[str, Any]]) -> str:
+    """One line per case, printed last by the GPU suite: p50 per provider, speed-up of the best fast
+    provider over the baseline (``upstream`` per op, ``reference`` end to end), its images/s and % peak."""
+    rows = ordered(rows)
+    cases: Dict[Tuple, Dict[str, Dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("kind") != "peak":
+            cases.setdefault(tuple(r.get(k) for k in KEY_FIELDS[:5]), {})[r["provider"]] = r
+    cols = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+    short = {"reference-compile": "ref-compile", "flash-nobias": "flash-nobia"}
+    head = f"{'case':<40}" + "".join(f"{short.get(c, c):>12}" for c in cols) + f"{'speed-up':>9}{'img/s':>9}{'%peak':>6}  not ok"
+    lines = ["p50 ms per provider; speed-up = baseline / best of fast, fast-graphs", head]
+    for (kind, op, mode, shape, _b), by in cases.items():
+        what = (op if kind == "op" else str(mode)) + " " + str(shape)
+        cells = "".join(f"{_f(by[c].get('ms_p50'), '{:.3f}') if c in by and by[c].get('status') == 'ok' else ('–' if c not in by else by[c]['status'][:6]):>12}" for c in cols)
+        base = by.get("upstream" if kind == "op" else "reference", {}).get("ms_p50")
+        fast = [by[c] for c in ("fast", "fast-graphs") if c in by and by[c].get("ms_p50")]
+        best = min(fast, key=lambda r: r["ms_p50"]) if fast else None
+        sp = base / best["ms_p50"] if best and base else None
+        bad = ",".join(f"{p}:{r['status']}" for p, r in by.items() if r.get("status") not in ("ok", "unavailable"))
+        lines.append(f"{what[:40]:<40}{cells}{_f(sp, '{:.3g}x'):>9}{_f(best and best.get('images_per_s'), '{:.1f}'):>9}"
+                     f"{_f(best and best.get('pct_peak_tflops'), '{:.0f}'):>6}  {bad}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------------
+
+
+def plots(rows: List[Dict[str, Any]], out_dir: str, stem: str) -> List[str]:
+    """Write the throughput and roofline PNGs; returns their paths ([] when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+    except Exception:  # noqa: BLE001
+        return []
+    paths = []
+    cpu = any(str(r.get("timing", "")).startswith("cpu") for r in rows)
+    tag = " (CPU timing)" if cpu else f" ({rows[0].get('device', '')})" if rows else ""
+    ok = [r for r in rows if r.get("status") == "ok"]
+
+    e2e = [r for r in ok if r["kind"] == "e2e"]
+    modes = list(dict.fromkeys(r["mode"] for r in e2e))
+    if modes:
+        n = len(modes)
+        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+        for ax, m in zip(axes[0], modes):
+            for p in dict.fromkeys(r["provider"] for r in e2e if r["mode"] == m):
+                pts = sorted((r["batch"], r["images_per_s"]) for r in e2e if r["mode"] == m and r["provider"] == p)
+                ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=p, color=COLORS.get(p))
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.set_xticks(sorted({r["batch"] for r in e2e if r["mode"] == m}))
+            ax.set_title(m)
+            ax.set_xlabel("batch")
+            ax.set_ylabel("pages/s" if "gundam" in m else "images/s")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("throughput vs batch" + tag)
+        fig.tight_layout()
+        p = os.path.join(out_dir, f"{stem}-throughput.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    opr = [r for r in ok if r["kind"] == "op" and r.get("bytes") and r.get("tflops")]
+    ops = list(dict.fromkeys(r["op"] for r in opr))
+    pk_tf = next((r.get("peak_tflops") for r in rows if r.get("peak_tflops")), None)
+    pk_gb = next((r.get("peak_gbps") for r in rows if r.get("peak_gbps")), None)
+    if ops:
+        n = len(ops)
+        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+        for ax, op in zip(axes[0], ops):
+            rs = [r for r in opr if r["op"] == op]
+            ai = [r["flops"] / r["bytes"] for r in rs]
+            if pk_tf and pk_gb:
+                lo, hi = min(ai) / 10, max(ai) * 10
+                xs = [lo * (hi / lo) ** (i / 63) for i in range(64)]
+                ax.plot(xs, [min(pk_tf, x * pk_gb / 1e3) for x in xs], "k-", lw=1, label="measured roof")
+            for p in dict.fromkeys(r["provider"] for r in rs):
+                pts = [(r["flops"] / r["bytes"], r["tflops"]) for r in rs if r["provider"] == p]
+                ax.scatter([x for x, _ in pts], [y for _, y in pts], s=18, label=p, color=COLORS.get(p))
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_yscale("log")
+            ax.set_title(op)
+            ax.set_xlabel("FLOP / minimum byte")
+            ax.set_ylabel("TFLOP/s")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        fig.suptitle("roofline per op" + tag)
+        fig.tight_layout()
+        p = os.path.join(out_dir, f"{stem}-roofline.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Compare
+# --------------------------------------------------------------------------------------------------
+
+
+def row_key(r: Dict[str, Any]) -> Tuple:
+    return tuple(r.get(k) for k in KEY_FIELDS)
+
+
+def compare(a: Iterable[Dict[str, Any]], b: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+    """Match rows by (kind, op, mode, shape, batch, provider, dtype); ratios are B / A.
+
+    ``p50_ratio`` = B.ms_p50 / A.ms_p50 (< 1: B is faster); ``throughput_ratio`` = B.images_per_s /
+    A.images_per_s (> 1: B is faster); None where either side has no number (not ok).
+    """
+    da = {row_key(r): r for r in a if r.get("kind") != "peak"}
+    db = {row_key(r): r for r in b if r.get("kind") != "peak"}
+    matched = []
+    for k in da:
+        if k not in db:
+            continue
+        ra, rb = da[k], db[k]
+        pa, pb = ra.get("ms_p50"), rb.get("ms_p50")
+        ta, tb = ra.get("images_per_s"), rb.get("images_per_s")
+        matched.append({"key": dict(zip(KEY_FIELDS, k)), "status_a": ra.get("status"), "status_b": rb.get("status"),
+                        "p50_a": pa, "p50_b": pb, "p50_ratio": pb / pa if pa and pb else None,
+                        "throughput_a": ta, "throughput_b": tb,
+                        "throughput_ratio": tb / ta if ta and tb else None})
+    only_a = [dict(zip(KEY_FIELDS, k)) for k in da if k not in db]
+    only_b = [dict(zip(KEY_FIELDS, k)) for k in db if k not in da]
+    return {"matched": matched, "only_a": only_a, "only_b": only_b}
+
+
+def format_compare(res: Dict[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    lines = [f"B = {name_b}, A = {name_a}; p50 ratio B/A (< 1: B faster), throughput ratio B/A (> 1: B faster)",
+             f"{'kind':<5} {'op/mode':<22} {'shape':<28} {'B':>4} {'provider':<18} {'dtype':<9} "
+             f"{'p50 A':>9} {'p50 B':>9} {'p50 B/A':>8} {'thr B/A':>8}"]
+    for m in res["matched"]:
+        k = m["key"]
+        what = k["op"] if k["kind"] != "e2e" else (k.get("mode") or k["op"])
+        lines.append(f"{k['kind']:<5} {str(what)[:22]:<22} {str(k['shape'])[:28]:<28} {k['batch']:>4} "
+                     f"{k['provider']:<18} {k['dtype']:<9} {_f(m['p50_a'], '{:.3f}', m['status_a']):>9} "
+                     f"{_f(m['p50_b'], '{:.3f}', m['status_b']):>9} {_f(m['p50_ratio'], '{:.3f}'):>8} "
+                     f"{_f(m['throughput_ratio'], '{:.3f}'):>8}")
+    for name, lst in ((name_a, res["only_a"]), (name_b, res["only_b"])):
+        if lst:
+            lines.append(f"only in {name} ({len(lst)}):")
+            lines += ["  " + " ".join(f"{k}={v}" for k, v in d.items()) for d in lst]
+    return "\n".join(lines)
+
+
+def write_all(rows: List[Dict[str, Any]], out_dir: str, stem: str, title: Optional[str] = None) -> List[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    jp = os.path.join(out_dir, f"{stem}.json")
+    write_json(rows, jp)
+    mp = os.path.join(out_dir, f"{stem}.md")
+    with open(mp, "w") as f:
+        f.write(markdown(rows, title or f"deepencoder benchmark: {stem}"))
+    return [jp, mp] + plots(rows, out_dir, stem)

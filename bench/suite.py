@@ -1,0 +1,329 @@
+"""The runner: builds the matrix, checks every provider's output FIRST, times only what passed.
+
+For each (case, provider):
+
+1. Correctness gate. Fresh random inputs at a small check batch, in the run dtype; the oracle runs the
+   upstream-equivalent computation on the same values upcast (float32 on CUDA with TF32 off, float64 on
+   the CPU). The provider passes iff its output is finite everywhere and
+
+       rel_err = ||out - ref|| / ||ref||  <=  max(TOL[kind][dtype], 2 x rel_err of the case's baseline)
+
+   where the baseline is ``upstream`` (ops) or ``reference`` (end to end) in the same dtype: a provider
+   may be as inexact as twice what upstream itself is at that precision, never more (STYLE.md's rule,
+   on a norm). TOL (below) is what each precision allows when the baseline is exact. A provider that
+   fails is reported ``failed`` with its errors and is never timed.
+2. Timing at the row's batch over ``input_sets`` (>= 3) input sets, rotating (:class:`bench.measure.Timer`).
+   The first timed-batch output must also be finite, else ``failed``.
+3. Derived: images/s, TFLOP/s and GB/s (from :mod:`bench.flops` counts), % of this run's measured peaks,
+   peak memory.
+
+Statuses: ok | failed | unavailable (with the reason) | oom | error | skipped (time budget).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .cases import Case, Provider, Unavailable, clip_attention_case, compressor_case, sam_attention_case
+from .measure import Timer, errors, measure_peaks, mem_peak_mb, mem_reset, provenance
+
+SCHEMA_VERSION = 1
+
+TOL = {
+    "op": {torch.float64: 1e-9, torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2},
+    "e2e": {torch.float64: 1e-8, torch.float32: 1e-2, torch.float16: 5e-2, torch.bfloat16: 1e-1},
+}
+CHECK_SEED = 12345
+PROVIDERS = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Matrix
+# --------------------------------------------------------------------------------------------------
+
+
+def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype) -> List[Case]:
+    """Cases in run order: per-op rows first, then end-to-end by batch (small first)."""
+    from deepencoder.config import DeepEncoderConfig
+
+    from .e2e import REAL_MODES, SMOKE_MODES, EncoderPool, e2e_case
+
+    cfg = opts.get("config") or DeepEncoderConfig.deepseek_ocr()
+    s, c = cfg.sam, cfg.clip
+    cases: List[Case] = []
+    ops = opts.get("ops", ("sam_window_attention", "sam_global_attention", "compressor", "clip_attention"))
+    tokens = opts.get("op_tokens", 32768)
+    ws = opts.get("op_window", s.window_size)
+    for G in opts.get("grids", (32, 40, 64, 80)):
+        B = max(1, tokens // (G * G))
+        if "sam_window_attention" in ops:
+            cases.append(sam_attention_case(G, ws, B, s.num_heads, s.head_dim, device, dtype, opts))
+        if "sam_global_attention" in ops:
+            cases.append(sam_attention_case(G, 0, B, s.num_heads, s.head_dim, device, dtype, opts))
+        if "compressor" in ops:
+            cases.append(compressor_case(G, B, cfg, device, dtype, opts))
+    if "clip_attention" in ops:
+        for g in opts.get("clip_grids", (8, 10, 16, 20)):
+            B = max(1, tokens // 1024 * 8 // max(1, (g * g + 1) // 64))  # ~32 at g=16
+            cases.append(clip_attention_case(g, B, c.num_heads, c.head_dim, device, dtype, opts))
+    modes = opts.get("modes", ("tiny", "small", "base", "large", "gundam"))
+    if modes:
+        table = {**REAL_MODES, **SMOKE_MODES}
+        pool = EncoderPool(cfg, device, dtype)
+        batches = opts.get("batches", (1, 8, 32))
+        pairs = []
+        for m in modes:
+            bs = (opts.get("gundam_batches") or batches) if table[m].tiles else batches
+            pairs += [(B, i, m) for B in bs for i in [list(modes).index(m)]]
+        for B, _, m in sorted(pairs):  # small batches first: a budget cut drops the big ones
+            cases.append(e2e_case(table[m], B, pool, opts))
+    return cases
+
+
+def compile_wanted(case: Case, policy: str, opts: Dict[str, Any]) -> bool:
+    """``--compile none|base|all``. base: op rows at the Base shapes (G=64, g=16) and the Base end-to-end row
+    at the smallest batch (each new shape is a new max-autotune compile: minutes end to end)."""
+    if policy == "none":
+        return False
+    if policy == "all":
+        return True
+    modes = opts.get("compile_modes", ("base",))
+    if case.kind == "op":
+        return case.mode in modes
+    return case.mode in modes and case.batch == min(opts.get("batches", (1,)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Runner
+# --------------------------------------------------------------------------------------------------
+
+
+def _upcast(inputs, dt):
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs)
+
+
+def _graph(fn, inputs):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # JIT and workspaces outside the capture
+            fn(*inputs)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fn(*inputs)
+    return g, out
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+    return isinstance(e, oom) or "out of memory" in str(e).lower()
+
+
+class Runner:
+    def __init__(self, device: torch.device, dtype: torch.dtype, timer: Timer, opts: Dict[str, Any],
+                 prov: Dict[str, Any], peaks: Dict[str, float], on_row: Optional[Callable] = None):
+        self.device, self.dtype, self.timer, self.opts = device, dtype, timer, opts
+        self.prov, self.peaks, self.on_row = prov, peaks, on_row
+        self.hp = torch.float32 if device.type == "cuda" else torch.float64
+        self.rows: List[Dict[str, Any]] = []
+        self._oracle: Dict[Any, torch.Tensor] = {}
+        self._baseline_err: Dict[Any, float] = {}
+        self._sets: Dict[Any, List] = {}
+        self.t0 = time.monotonic()
+
+    # -- rows
+    def _row(self, case: Case, prov: Provider, status: str, **kw) -> Dict[str, Any]:
+        row = {"schema_version": SCHEMA_VERSION, "kind": case.kind, "op": case.op, "mode": case.mode,
+               "shape": case.shape, "batch": case.batch, "provider": prov.name, "dtype": dtype_name(self.dtype),
+               "status": status, "reason": None, "note": prov.note, "flops": case.flops, "bytes": case.bytes,
+               "images_per_call": case.images, "peak_tflops": self.peaks.get("tflops"),
+               "peak_gbps": self.peaks.get("gbps"), "timing": self.timer.label,
+               "ms_p20": None, "ms_p50": None, "ms_p80": None, "reps": None, "warmup": None, "input_sets": None,
+               "images_per_s": None, "tflops": None, "pct_peak_tflops": None, "gbps": None, "pct_peak_gbps": None,
+               "mem_peak_mb": None, "mem_delta_mb": None, "mem_kind": None, "max_abs_err": None, "rel_err": None,
+               "max_rel_err": None, "tol": None, "check": None, "check_batch": None, "first_call_s": None}
+        row.update({k: v for k, v in case.extra.items() if k not in row})
+        row.update(kw)
+        row.update(self.prov)
+        self.rows.append(row)
+        if self.on_row:
+            self.on_row(row, self.rows)
+        return row
+
+    def _inputs(self, case: Case) -> List:
+        if case.key not in self._sets:
+            self._sets.clear()
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            n = self.opts.get("input_sets", 3)
+            self._sets[case.key] = [case.make(i, case.batch, self.dtype) for i in range(n)]
+        return self._sets[case.key]
+
+    def run_case(self, case: Case, providers: Optional[Sequence[Provider]] = None):
+        for prov in providers if providers is not None else case.providers:
+            budget = self.opts.get("budget_s")
+            if budget is not None and time.monotonic() - self.t0 > budget:
+                self._row(case, prov, "skipped", reason=f"time budget of {budget:.0f} s spent")
+                continue
+            try:
+                self._run_one(case, prov)
+            except Unavailable as e:
+                self._row(case, prov, "unavailable", reason=str(e))
+            except Exception as e:  # noqa: BLE001 - one bad provider must not end the suite
+                status = "oom" if _is_oom(e) else "error"
+                if type(e).__name__ == "BackendUnavailable":
+                    status = "unavailable"
+                tb = traceback.format_exception_only(type(e), e)[-1].strip()
+                tb = tb.replace("deepencoder.kernels._common.", "")
+                self._row(case, prov, status, reason=tb[:500])
+            finally:
+                if self.device.type == "cuda" and torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+
+    def _check(self, case: Case, prov: Provider, fn) -> Dict[str, Any]:
+        # compiled providers are checked at the timed batch: a new shape is a new (slow) compile
+        cb = case.batch if prov.compile else min(case.batch, self.opts.get("check_batch", 1))
+        x = case.make(CHECK_SEED, cb, self.dtype)
+        okey = (case.key, prov.oracle_key, cb)
+        if okey not in self._oracle:
+            oracle = prov.oracle or case.oracle
+            prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            try:
+                with torch.inference_mode():
+                    ref = oracle(*_upcast(x, self.hp))
+            finally:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev
+            self._oracle[okey] = _to_cpu(ref)
+        ref = self._oracle[okey]
+        xin = prov.prepare(*x) if prov.prepare else x
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if prov.graphs:
+                g, out = _graph(fn, xin)
+                g.replay()
+            else:
+                out = fn(*xin)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        err = errors(out, ref)
+        tol = TOL[case.kind][self.dtype]
+        base = self._baseline_err.get(case.key) if prov.name != case.baseline else None
+        bound = max(tol, 2.0 * base) if base is not None else tol
+        ok = err["finite"] and err["rel_err"] is not None and err["rel_err"] <= bound
+        if prov.name == case.baseline and err["rel_err"] is not None:
+            self._baseline_err[case.key] = err["rel_err"]
+        res = {k: err[k] for k in ("max_abs_err", "rel_err", "max_rel_err")}
+        res.update(tol=bound, check="pass" if ok else "fail", check_batch=cb,
+                   first_call_s=first if prov.compile else None)
+        if not ok:
+            why = err.get("shape_error") or ("non-finite output" if not err["finite"] else
+                                              f"rel_err {err['rel_err']:.3e} > bound {bound:.1e}")
+            res["reason"] = f"correctness check failed: {why}"
+        return res
+
+    def _run_one(self, case: Case, prov: Provider):
+        fn = prov.build()
+        chk = self._check(case, prov, fn)
+        if chk["check"] != "pass":
+            self._row(case, prov, "failed", **chk)  # never timed
+            return
+        sets = self._inputs(case)
+        prepared = [prov.prepare(*s) if prov.prepare else s for s in sets]
+        with torch.inference_mode():
+            if prov.graphs:
+                graphs = [_graph(fn, s) for s in prepared]
+                calls = [g.replay for g, _ in graphs]
+                t_first = time.perf_counter()
+                graphs[0][0].replay()
+                t_first = (time.perf_counter() - t_first) * 1e3
+                first_out = graphs[0][1]
+            else:
+                calls = [lambda s=s: fn(*s) for s in prepared]
+                t_first = time.perf_counter()
+                first_out = calls[0]()
+                t_first = (time.perf_counter() - t_first) * 1e3
+            if not _finite(first_out):
+                self._row(case, prov, "failed", **{**chk, "check": "fail",
+                                                   "reason": "non-finite output at the timed batch"})
+                return
+            del first_out
+            base = mem_reset(self.device)
+            t = self.timer.time(calls, warmed=1, est_ms=t_first)
+            mem = mem_peak_mb(self.device, base)
+        del calls, prepared
+        s50 = t["ms_p50"] * 1e-3
+        tf = case.flops / s50 / 1e12
+        gb = case.bytes / s50 / 1e9
+        pk_tf, pk_gb = self.peaks.get("tflops"), self.peaks.get("gbps")
+        self._row(case, prov, "ok", **chk, **t, **mem, images_per_s=case.images / s50, tflops=tf, gbps=gb,
+                  pct_peak_tflops=100 * tf / pk_tf if pk_tf else None,
+                  pct_peak_gbps=100 * gb / pk_gb if pk_gb else None)
+
+
+def _to_cpu(out):
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu()
+    return [getattr(o, "tokens", o).detach().cpu() for o in out]
+
+
+def _finite(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return bool(torch.isfinite(out).all())
+    return all(bool(torch.isfinite(getattr(o, "tokens", o)).all()) for o in out)
+
+
+def run_suite(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype, timer: Timer,
+              on_row: Optional[Callable] = None, cases: Optional[List[Case]] = None) -> List[Dict[str, Any]]:
+    """Peaks, then every case's providers (compile rows last, so a budget cut drops them first)."""
+    prov = provenance(device)
+    prov["config"] = (opts.get("config").name if opts.get("config") is not None else "deepseek-ocr")
+    rows: List[Dict[str, Any]] = []
+    peaks: Dict[str, float] = {}
+    peak_rows = measure_peaks(device, timer, quick=opts.get("quick_peaks", False))
+    for r in peak_rows:
+        peaks.setdefault("tflops", r.get("measured_tflops"))
+        if "measured_gbps" in r:
+            peaks["gbps"] = r["measured_gbps"]
+    peaks = {k: v for k, v in peaks.items() if v is not None}
+    runner = Runner(device, dtype, timer, opts, prov, peaks, on_row)
+    for r in peak_rows:
+        row = {"schema_version": SCHEMA_VERSION, "kind": "peak", "mode": None, "batch": 1, "provider": "torch",
+               "dtype": "bfloat16" if device.type == "cuda" and r["op"].startswith("matmul") else "float32",
+               "status": "ok", "reason": None, "note": "this machine's ceiling, measured in this run",
+               "images_per_s": None, "tflops": r.get("measured_tflops"), "gbps": r.get("measured_gbps"),
+               "peak_tflops": peaks.get("tflops"), "peak_gbps": peaks.get("gbps"), **r, **prov}
+        row.pop("measured_tflops", None)
+        row.pop("measured_gbps", None)
+        runner.rows.append(row)
+        if on_row:
+            on_row(row, runner.rows)
+    cases = cases if cases is not None else build_matrix(opts, device, dtype)
+    wanted = set(opts.get("providers") or PROVIDERS + ("reference",))
+    policy = opts.get("compile", "all")
+    later = []
+    for case in cases:
+        now = [p for p in case.providers if p.name in wanted and not p.compile]
+        runner.run_case(case, now)
+        if case.cleanup:
+            case.cleanup()
+        later += [(case, p) for p in case.providers
+                  if p.name in wanted and p.compile and compile_wanted(case, policy, opts)]
+    for case, p in later:
+        # the baseline's error (for the bound) is already known from the first pass
+        runner.run_case(case, [p])
+    rows.extend(runner.rows)
+    return rows

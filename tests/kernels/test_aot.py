@@ -1,0 +1,45 @@
+"""Ahead-of-time compile of every kernel config for sm_90 and sm_80, on the CPU (no GPU, no driver).
+
+For each op's ``aot_specs()``: every spec compiles (Triton -> PTX -> the bundled ptxas), uses no spill
+memory, and its fp16/bf16 matrix work lands on tensor cores (``wgmma`` or ``mma`` in the PTX). An op with
+no specs FAILS: a missing ``aot_specs()`` must not pass silently. Specs tuned for one arch (``-sm90-`` in
+the name, or an ``arch`` / ``archs`` key) compile for that arch; the rest for both (kernels/_aot.py).
+
+Compiles run in fresh worker processes with ``TRITON_INTERPRET`` removed (the conftest sets it for the
+interpreter tests), two at a time; Triton's cache makes reruns fast. Cold: ~1-2 min for both ops.
+"""
+
+import pytest
+from deepencoder.kernels._aot import compile_op_specs, spec_archs
+
+OPS = ["sam_attention", "compressor"]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_aot_compiles_for_sm90_and_sm80_without_spills_on_tensor_cores(op):
+    res = compile_op_specs([op], archs=(80, 90), workers=2)
+    assert op not in res["missing"], f"{op}: no AOT specs: {res['missing'].get(op)}"
+    results = res["results"]
+    assert results, f"{op}: aot_specs() returned no specs"
+    archs = {r["arch"] for r in results}
+    assert {80, 90} <= archs, f"{op}: specs cover archs {sorted(archs)}, need sm_80 and sm_90"
+    problems = []
+    for r in results:
+        tag = f"{r.get('name')} sm_{r.get('arch')}"
+        if r.get("error") or not r.get("ptxas_ok"):
+            problems.append(f"{tag}: does not compile: {r.get('error')}")
+            continue
+        if r.get("spills"):
+            problems.append(f"{tag}: {r['spills']} bytes of spills ({r['spill_stores']} st + {r['spill_loads']} ld), "
+                            f"{r['registers']} registers")
+        if r.get("dtype") in ("fp16", "bf16") and r.get("mma") not in ("wgmma", "mma"):
+            problems.append(f"{tag}: no mma / wgmma in the PTX (mma={r.get('mma')})")
+    assert not problems, f"{op}: {len(problems)} problem(s):\n" + "\n".join(problems)
+
+
+def test_spec_archs_rules():
+    assert spec_archs({"name": "compressor-neck0-sm90-cfg0"}) == [90]
+    assert spec_archs({"name": "x-sm80-y"}) == [80]
+    assert spec_archs({"name": "sam_attention-global-M128"}) == [80, 90]
+    assert spec_archs({"name": "sam-sm90-x", "archs": [80, 90]}) == [80, 90]
+    assert spec_archs({"name": "k", "arch": 90}) == [90]

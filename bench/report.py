@@ -134,7 +134,7 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
             cases.setdefault(tuple(r.get(k) for k in KEY_FIELDS[:5]), {})[r["provider"]] = r
     cols = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
     short = {"reference-compile": "ref-compile", "flash-nobias": "flash-nobia"}
-    head = f"{'case':<40}" + "".join(f"{short.get(c, c):>12}" for c in cols) + f"{'speed-up':>9}{'img/s':>9}{'%peak':>6}  not ok"
+    head = f"{'case':<40}" + "".join(f"{short.get(c, c):>12}" for c in cols) + f"{'speed-up':>10}{'img/s':>9}{'%peak':>6}  not ok"
     lines = ["p50 ms per provider; speed-up = baseline / best of fast, fast-graphs", head]
     for (kind, op, mode, shape, _b), by in cases.items():
         what = (op if kind == "op" else str(mode)) + " " + str(shape)
@@ -144,7 +144,7 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
         best = min(fast, key=lambda r: r["ms_p50"]) if fast else None
         sp = base / best["ms_p50"] if best and base else None
         bad = ",".join(f"{p}:{r['status']}" for p, r in by.items() if r.get("status") not in ("ok", "unavailable"))
-        lines.append(f"{what[:40]:<40}{cells}{_f(sp, '{:.3g}x'):>9}{_f(best and best.get('images_per_s'), '{:.1f}'):>9}"
+        lines.append(f"{what[:40]:<40}{cells}{_f(sp, '{:.3g}x'):>10}{_f(best and best.get('images_per_s'), '{:.1f}'):>9}"
                      f"{_f(best and best.get('pct_peak_tflops'), '{:.0f}'):>6}  {bad}")
     return "\n".join(lines)
 

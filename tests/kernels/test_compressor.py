@@ -457,3 +457,14 @@ def test_aot_compile_emits_tensor_core_mma():
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+@pytest.mark.interpreter
+def test_packed_weight_cache_sees_in_place_updates():
+    x, p = _small_inputs(TINY, G=5)
+    y0 = compressor(x, *p, backend="triton")
+    with torch.no_grad():
+        p[7].mul_(-0.5)  # net3_w updated in place: the cached packed copy must not be reused
+    y1 = compressor(x, *p, backend="triton")
+    torch.testing.assert_close(y1, y0 * -0.5, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y1, compressor_ref(x, *p), rtol=1e-4, atol=1e-4)

@@ -206,7 +206,7 @@ def measure_peaks(device: torch.device, timer: Timer, quick: bool = False) -> Li
     if device.type == "cuda":
         n, dtype, copy_mib = 8192, torch.bfloat16, 1024
     else:
-        n, dtype, copy_mib = (512 if quick else 1536), torch.float32, (32 if quick else 256)
+        n, dtype, copy_mib = (1024 if quick else 2048), torch.float32, (64 if quick else 256)
     pairs = [(torch.randn(n, n, device=device, dtype=dtype, generator=gen),
               torch.randn(n, n, device=device, dtype=dtype, generator=gen)) for _ in range(3)]
     outs = [torch.empty(n, n, device=device, dtype=dtype) for _ in range(3)]

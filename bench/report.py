@@ -98,8 +98,8 @@ def markdown(rows: List[Dict[str, Any]], title: str = "deepencoder benchmark") -
     out = [f"## {title}", "", provenance_line(rows), "", timing_label(rows), ""]
     if peaks:
         out.append("Measured ceilings (this run): " + "; ".join(
-            f"{p['op']} {p['shape']}: " + (f"{p['tflops']:.1f} TFLOP/s" if p.get("tflops") else
-                                           f"{p['gbps']:.0f} GB/s (read+write)") for p in peaks))
+            f"{p['op']} {p['shape']}: " + (f"{p['tflops']:.3g} TFLOP/s" if p.get("tflops") else
+                                           f"{p['gbps']:.3g} GB/s (read+write)") for p in peaks))
         out.append("")
     out.append("| kind | op / mode | shape | B | provider | dtype | status | p50 ms (p20–p80) | img/s | TFLOP/s "
                "| % peak | GB/s | mem MB | rel err | note |")

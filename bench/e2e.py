@@ -115,12 +115,35 @@ class EncoderPool:
         return self._d["compiled"]
 
 
-def _views(global_pix, tile_pix, mode: E2EMode, cfg: DeepEncoderConfig):
-    """Per-page :class:`deepencoder.preprocess.Views` over slices of the batched tensors."""
-    from deepencoder.preprocess import Views
+def _views_base():
+    """``deepencoder.preprocess.Views`` (needs Pillow); a stand-in with the same fields if it can't import."""
+    try:
+        from deepencoder.preprocess import Views
 
+        return Views
+    except ImportError:  # e.g. a GPU machine without Pillow: encode_views only reads these fields
+        from deepencoder.modes import vision_token_count
+
+        @dataclass
+        class PageViews:
+            global_view: torch.Tensor
+            tiles: Optional[torch.Tensor]
+            grid: Tuple[int, int]
+            size: Tuple[int, int]
+            mode: str
+            max_tiles: int = 9
+
+            @property
+            def num_tokens(self) -> int:
+                return vision_token_count(self.size[0], self.size[1], self.mode, self.max_tiles)
+
+        return PageViews
+
+
+def _views(global_pix, tile_pix, mode: E2EMode, cfg: DeepEncoderConfig):
+    """Per-page views over slices of the batched tensors (what preprocessing hands ``encode_views``)."""
     real = mode.size == 1024 and mode.tile_size == 640
-    cls = Views if real else _shape_views_cls(cfg)
+    cls = _views_base() if real else _shape_views_cls(cfg)
     across, down = mode.tiles
     n = across * down
     size = (640 * across, 640 * down)
@@ -133,13 +156,9 @@ _SHAPE_VIEWS = {}
 
 def _shape_views_cls(cfg):
     """Views whose token count follows the tensors' sizes (smoke sizes are not the real 1024/640)."""
-    from dataclasses import dataclass as _dc
-
-    from deepencoder.preprocess import Views
-
     if "cls" not in _SHAPE_VIEWS:
-        @_dc
-        class ShapeViews(Views):
+        @dataclass
+        class ShapeViews(_views_base()):
             @property
             def num_tokens(self) -> int:
                 p = cfg.sam.patch_size

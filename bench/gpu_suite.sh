@@ -14,7 +14,7 @@
 #   bench.md      the table;  bench-throughput.png, bench-roofline.png  the plots
 #   summary.txt   what is printed last (stage status, test counts, short table)
 #
-# Knobs (environment): PYTHON (default python), SUITE_BUDGET_S (total, default 470), BENCH_ARGS (extra
+# Knobs (environment): PYTHON (default python, else python3), SUITE_BUDGET_S (total, default 470), BENCH_ARGS (extra
 # arguments for python -m bench, e.g. "--batches 1,8 --no-compile"), DEEPENCODER_COMMIT (the commit being
 # measured, when the copy on the GPU machine has no .git).
 set -u
@@ -22,7 +22,7 @@ OUT="${1:?usage: bash bench/gpu_suite.sh OUTDIR}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3)}"
 BUDGET="${SUITE_BUDGET_S:-470}"
 LOG="$OUT/suite.log"
 ENVF="$OUT/env.txt"

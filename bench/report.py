@@ -154,8 +154,8 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def plots(rows: List[Dict[str, Any]], out_dir: str, stem: str) -> List[str]:
-    """Write the throughput and roofline PNGs; returns their paths ([] when matplotlib is missing)."""
+def plots(rows: List[Dict[str, Any]], out_dir: str, stem: str) -> Optional[List[str]]:
+    """Write the throughput and roofline PNGs; returns their paths (None when matplotlib is missing)."""
     try:
         import matplotlib
 
@@ -163,7 +163,7 @@ def plots(rows: List[Dict[str, Any]], out_dir: str, stem: str) -> List[str]:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import NullFormatter, ScalarFormatter
     except Exception:  # noqa: BLE001
-        return []
+        return None
     paths = []
     cpu = any(str(r.get("timing", "")).startswith("cpu") for r in rows)
     tag = " (CPU timing)" if cpu else f" ({rows[0].get('device', '')})" if rows else ""
@@ -285,4 +285,11 @@ def write_all(rows: List[Dict[str, Any]], out_dir: str, stem: str, title: Option
     mp = os.path.join(out_dir, f"{stem}.md")
     with open(mp, "w") as f:
         f.write(markdown(rows, title or f"deepencoder benchmark: {stem}"))
-    return [jp, mp] + plots(rows, out_dir, stem)
+    pngs = plots(rows, out_dir, stem)
+    if pngs is None:
+        note = ("\n_No plots: matplotlib is not installed here. Re-render on a machine that has it: "
+                f"`python -m bench --report {stem}.json`._\n")
+        with open(mp, "a") as f:
+            f.write(note)
+        print(note.strip())
+    return [jp, mp] + (pngs or [])

@@ -110,7 +110,7 @@ def markdown(rows: List[Dict[str, Any]], title: str = "deepencoder benchmark") -
             what += f" ({r['mode']})"
         ms = "–" if r.get("ms_p50") is None else \
             f"{r['ms_p50']:.3g} ({r['ms_p20']:.3g}–{r['ms_p80']:.3g})"
-        note = r.get("reason") if r.get("status") != "ok" else ""
+        note = r.get("reason") if r.get("status") != "ok" else (r.get("op_backends") or "")
         note = (note or "").replace("|", "/").replace("\n", " ")[:120]
         out.append(f"| {r['kind']} | {what} | {r['shape']} | {r['batch']} | {r['provider']} | {r['dtype']} | "
                    f"{r['status']} | {ms} | {_f(r.get('images_per_s'))} | {_f(r.get('tflops'))} | "
@@ -144,6 +144,10 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
         best = min(fast, key=lambda r: r["ms_p50"]) if fast else None
         sp = base / best["ms_p50"] if best and base else None
         bad = ",".join(f"{p}:{r['status']}" for p, r in by.items() if r.get("status") not in ("ok", "unavailable"))
+        fb = [p for p, r in by.items() if "=torch" in str(r.get("op_backends") or "")
+              and str(r.get("timing", "")).startswith("cuda")]
+        if fb:  # on a GPU the fast path should not have fallen back to an op's torch backend
+            bad = ",".join(filter(None, [bad] + [f"{p}:torch-fallback" for p in fb]))
         lines.append(f"{what[:40]:<40}{cells}{_f(sp, '{:.3g}x'):>10}{_f(best and best.get('images_per_s'), '{:.1f}'):>9}"
                      f"{_f(best and best.get('pct_peak_tflops'), '{:.0f}'):>6}  {bad}")
     return "\n".join(lines)

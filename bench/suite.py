@@ -248,7 +248,12 @@ class Runner:
 
     def _run_one(self, case: Case, prov: Provider):
         fn = prov.build()
+        track = case.kind == "e2e" and prov.name.startswith("fast")
+        if track:
+            _reset_backends()
         chk = self._check(case, prov, fn)
+        if track:  # which backend each op's "auto" chose inside the fast path (no silent fallback unseen)
+            chk["op_backends"] = _read_backends()
         if chk["check"] != "pass":
             self._row(case, prov, "failed", **chk)  # never timed
             return
@@ -283,6 +288,26 @@ class Runner:
         self._row(case, prov, "ok", **chk, **t, **mem, images_per_s=case.images / s50, tflops=tf, gbps=gb,
                   pct_peak_tflops=100 * tf / pk_tf if pk_tf else None,
                   pct_peak_gbps=100 * gb / pk_gb if pk_gb else None)
+
+
+_TRACKED_OPS = ("sam_attention", "add_layernorm", "compressor", "clip_attention")
+
+
+def _reset_backends():
+    try:
+        from deepencoder.kernels._common import record_backend
+    except Exception:  # noqa: BLE001
+        return
+    for op in _TRACKED_OPS:
+        record_backend(op, "-", "reset by bench")
+
+
+def _read_backends() -> Optional[str]:
+    try:
+        from deepencoder.kernels import last_backend
+    except Exception:  # noqa: BLE001
+        return None
+    return ", ".join(f"{op}={last_backend(op)}" for op in _TRACKED_OPS)
 
 
 def _to_cpu(out):

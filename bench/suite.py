@@ -78,7 +78,7 @@ def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype)
             cases.append(compressor_case(G, B, cfg, device, dtype, opts))
     if "clip_attention" in ops:
         for g in opts.get("clip_grids", (8, 10, 16, 20)):
-            B = max(1, tokens // 1024 * 8 // max(1, (g * g + 1) // 64))  # ~32 at g=16
+            B = max(1, tokens // (4 * (g * g + 1)))  # 31 images at g=16 with the default 32768
             cases.append(clip_attention_case(g, B, c.num_heads, c.head_dim, device, dtype, opts))
     modes = opts.get("modes", ("tiny", "small", "base", "large", "gundam"))
     if modes:

@@ -162,7 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{(opts.get('config') or DeepEncoderConfig.deepseek_ocr()).name}, timing {timer.label}, out {out}",
           flush=True)
     rows = run_suite(opts, device, dtype, timer, on_row=on_row)
-    validate_rows(rows)
+    try:
+        validate_rows(rows)
+    except FileNotFoundError as e:  # an installed wheel without package data: the rows are still written
+        print(f"warning: rows not validated: {e}", file=sys.stderr)
     paths = report.write_all(rows, out, stem)
     print()
     print("\n".join(paths))

@@ -25,6 +25,9 @@ _TYPES = {
 
 
 def load_schema() -> Dict[str, Any]:
+    if not os.path.exists(SCHEMA_PATH):
+        raise FileNotFoundError(f"{SCHEMA_PATH} is missing (an installed wheel needs it as package data of "
+                                "deepencoder.bench)")
     with open(SCHEMA_PATH) as f:
         return json.load(f)
 

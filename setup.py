@@ -82,7 +82,8 @@ def _ext_modules():
 setup(
     packages=_packages(),
     package_dir=_package_dir(),
-    package_data={"deepencoder.optical": ["fonts/*.ttf", "fonts/*.txt"]},
+    package_data={"deepencoder.optical": ["fonts/*.ttf", "fonts/*.txt"],
+                  "deepencoder.bench": ["schema.json", "gpu_suite.sh"]},
     ext_modules=_ext_modules(),
     cmdclass={"build_ext": OptionalBuildExt},
     zip_safe=False,

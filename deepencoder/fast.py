@@ -50,6 +50,8 @@ class _Cache:
         self.d: Dict[Tuple, torch.Tensor] = {}
 
     def get(self, p: torch.Tensor, key, fn):
+        if torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache under dynamo
+            return fn()
         k = (id(p), p._version, p.dtype, p.device, key)
         t = self.d.get(k)
         if t is None:

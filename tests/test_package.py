@@ -23,7 +23,7 @@ def test_wheel_installs_kernels_inside_namespace(tmp_path):
     assert "deepencoder/kernels/__init__.py" in names
     assert "deepencoder/kernels/_common.py" in names
     assert "deepencoder/optical/fonts/DejaVuSansMono.ttf" in names  # package data (the renderer's font)
-    assert "deepencoder/bench/__init__.py" in names or not os.path.exists(os.path.join(ROOT, "bench", "__init__.py"))
+    assert "deepencoder/bench/__init__.py" in names and "deepencoder/bench/schema.json" in names
     assert not any(n.startswith("kernels/") for n in names), "a top-level 'kernels' package would shadow PyPI's"
     assert any(n.startswith("deepencoder-") and n.endswith("entry_points.txt") for n in names)
 

@@ -77,7 +77,12 @@ class SamAttnConfig(NamedTuple):
 # AOT (Triton 3.9, bf16/fp16 alike, at the aot_specs() shapes), registers/thread (spill bytes):
 #   window M64-N16-w4: sm_90 128 (0), sm_80 168 (0)   window M128-N16-w8: sm_90 125 (0), sm_80 136 (0)
 #   global M128-N64-w8: sm_90 165 (0), sm_80 184 (0)  global M64-N64-w4:  sm_90 168 (0), sm_80 189 (0)
-#   global M64-N128-w8: sm_90 237 (0), sm_80 255 (8, outside the key loop)
+#   global M64-N128-w8: sm_90 237 (0), sm_80 255 (16: never picked there)
+#   global M32-N128-w4: sm_80 255 (0), sm_90 255 (84: never picked there)
+# configs that run on one architecture family only (major capability >= 9, or < 9)
+HOPPER_ONLY = {SamAttnConfig(64, 128, 8, 2)}
+AMPERE_ONLY = {SamAttnConfig(32, 128, 4, 2)}
+
 CONFIGS = {
     "global": (
         # H100 G=64 (Base, Gundam global view): 2 warpgroups x m64n64k16 wgmma, one key row per step
@@ -85,8 +90,12 @@ CONFIGS = {
         # one warpgroup (sm_90) / 4 warps of mma.sync (sm_80): twice the programs at small batch
         SamAttnConfig(64, 64, 4, 2),
         # grids 65..128 wide (Large, S=1280: G=80) in one key-row tile: 2 warpgroups split the 128
-        # columns; column chunks of 64 instead keep acc live across a second bias gather and spill
+        # columns; column chunks of 64 instead keep acc live across a second bias gather and spill.
+        # Hopper only: on sm_80 it needs 255 registers and spills 16 B.
         SamAttnConfig(64, 128, 8, 2),
+        # the same tile for Ampere: 32-row blocks, 4 warps of mma.sync: 255 registers, no spills on sm_80
+        # (it spills 84 B on sm_90, where the entry above runs instead)
+        SamAttnConfig(32, 128, 4, 2),
     ),
     "window": (
         # 14x14 windows: one padded window row (16 keys, 14 real) per step, 4 query blocks of 64
@@ -224,6 +233,14 @@ def derived_constexprs(cfg: SamAttnConfig, reg_w: int) -> dict:
             "N_CHUNKS": triton.cdiv(reg_w, cfg.BLOCK_N)}
 
 
+def _excluded_here():
+    """Configs not to pick on the current device (none under the interpreter: every entry is tested)."""
+    if interpreter_active() or not torch.cuda.is_available():
+        return AMPERE_ONLY  # the interpreter runs everything; the Hopper entry stays the default
+    major = torch.cuda.get_device_capability()[0]
+    return AMPERE_ONLY if major >= 9 else HOPPER_ONLY
+
+
 def pick_config(window_size: int, H: int, W: int, B: int, num_heads: int) -> SamAttnConfig:
     """Deterministic choice from :data:`CONFIGS` (no autotuner: it would benchmark inside CUDA-graph
     capture and cost seconds per new shape; every entry is correctness-tested).
@@ -235,7 +252,7 @@ def pick_config(window_size: int, H: int, W: int, B: int, num_heads: int) -> Sam
     mode = "window" if window_size > 0 else "global"
     reg_h, reg_w = (window_size, window_size) if window_size > 0 else (H, W)
     n_reg = (triton.cdiv(H, window_size) * triton.cdiv(W, window_size)) if window_size > 0 else 1
-    cfgs = CONFIGS[mode]
+    cfgs = [c for c in CONFIGS[mode] if c not in _excluded_here()]
 
     def cost(c):
         return triton.cdiv(reg_w, c.BLOCK_N) * (c.BLOCK_N + 16)
@@ -330,9 +347,11 @@ def aot_specs() -> List[dict]:
                 sig["scale_log2e"] = "fp32"
                 sig.update({n: "constexpr" for n in _CONSTEXPR_NAMES})
                 flops, nbytes = _cost(window)
+                only = "-sm90" if cfg in HOPPER_ONLY else "-sm80" if cfg in AMPERE_ONLY else ""
                 specs.append({
                     "op": "sam_attention",
-                    "name": f"sam_attention-{mode}-M{cfg.BLOCK_M}-N{cfg.BLOCK_N}-w{cfg.num_warps}-s{cfg.num_stages}-{dtype}",
+                    "name": f"sam_attention-{mode}{only}-M{cfg.BLOCK_M}-N{cfg.BLOCK_N}-w{cfg.num_warps}"
+                            f"-s{cfg.num_stages}-{dtype}",
                     "fn": _sam_attention_fwd_kernel, "signature": sig, "constexprs": constexprs,
                     "attrs": {(i,): [["tt.divisibility", 16]] for i in range(5)},
                     "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "dtype": dtype,

@@ -94,8 +94,8 @@ class FastDeepEncoder:
             attn = blk.attn
             ws = blk.window_size
             L = ws if ws > 0 else G
-            rh = self._cache.get(attn.rel_pos_h, L, lambda a=attn: resize_rel_pos(a.rel_pos_h, L).contiguous())
-            rw = self._cache.get(attn.rel_pos_w, L, lambda a=attn: resize_rel_pos(a.rel_pos_w, L).contiguous())
+            rh = self._cache.get(attn.rel_pos_h, L, lambda a=attn, n=L: resize_rel_pos(a.rel_pos_h, n).contiguous())
+            rw = self._cache.get(attn.rel_pos_w, L, lambda a=attn, n=L: resize_rel_pos(a.rel_pos_w, n).contiguous())
             qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias)
             o = sam_attention(qkv, rh, rw, attn.num_heads, ws, qkv_bias=attn.qkv.bias, backend=self.op_backend)
             p = torch.mm(o.view(-1, C), attn.proj.weight.t()).view_as(x)

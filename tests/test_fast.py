@@ -5,17 +5,16 @@ import copy
 import numpy as np
 import pytest
 import torch
+from deepencoder.kernels import last_backend
 from PIL import Image
 
 import deepencoder
 from deepencoder.config import DeepEncoderConfig
 from deepencoder.encoder import DeepEncoder
 from deepencoder.fast import FastDeepEncoder
-from deepencoder.kernels import last_backend
 from deepencoder.patching import is_patched, patch, unpatch
 from deepencoder.reference import DeepEncoderReference
 from deepencoder.weights import init_random_
-
 from tests.conftest import DEVICE, max_err
 
 

@@ -12,11 +12,11 @@ from deepencoder.config import DeepEncoderConfig
 from deepencoder.reference import DeepEncoderReference
 from deepencoder.weights import (
     CheckpointError,
+    init_random_,
     load_checkpoint,
     load_encoder_state_dict,
     save_checkpoint,
 )
-from deepencoder.weights import init_random_
 
 
 def lm_tensors():

@@ -1,6 +1,5 @@
 """Pure-PyTorch reference for :func:`add_layernorm`."""
 
-import torch
 import torch.nn.functional as F
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from deepencoder.kernels import BackendUnavailable, last_backend
 from deepencoder.kernels.add_layernorm import add_layernorm, add_layernorm_ref
+
 from tests.conftest import DEVICE, assert_same_dtype_rule
 
 CASES = [((1, 7, 768), True, torch.float32), ((2, 5, 5, 768), True, torch.float16),

@@ -116,28 +116,10 @@ class EncoderPool:
 
 
 def _views_base():
-    """``deepencoder.preprocess.Views`` (needs Pillow); a stand-in with the same fields if it can't import."""
-    try:
-        from deepencoder.preprocess import Views
+    """``deepencoder.views.Views``: what preprocessing hands ``encode_views`` (importable without Pillow)."""
+    from deepencoder.views import Views  # no Pillow needed
 
-        return Views
-    except ImportError:  # e.g. a GPU machine without Pillow: encode_views only reads these fields
-        from deepencoder.modes import vision_token_count
-
-        @dataclass
-        class PageViews:
-            global_view: torch.Tensor
-            tiles: Optional[torch.Tensor]
-            grid: Tuple[int, int]
-            size: Tuple[int, int]
-            mode: str
-            max_tiles: int = 9
-
-            @property
-            def num_tokens(self) -> int:
-                return vision_token_count(self.size[0], self.size[1], self.mode, self.max_tiles)
-
-        return PageViews
+    return Views
 
 
 def _views(global_pix, tile_pix, mode: E2EMode, cfg: DeepEncoderConfig):

@@ -37,16 +37,16 @@ import io
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .modes import TILE_SIZE, choose_tile_grid, get_mode, vision_token_count
+from .modes import TILE_SIZE, choose_tile_grid, get_mode
+from .views import Views  # noqa: F401  (re-exported: deepencoder.preprocess.Views)
 
 FILL = 127  # upstream: tuple(int(x * 255) for x in mean), mean = 0.5
 _CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -210,28 +210,6 @@ def load_image(src) -> Image.Image:
 
 # ------------------------------------------------------------------------------------------------
 # Views
-
-
-@dataclass
-class Views:
-    """The normalised views of one image.
-
-    global_view: ``[3, S, S]`` (S = 512, 640, 1024, 1280 by mode; 1024 for Gundam);
-    tiles: ``[cols * rows, 3, 640, 640]`` row-major, or None (not Gundam, or the image fits in 640×640);
-    grid: (cols, rows), (1, 1) without tiles; size: original (width, height); mode: mode name.
-    """
-
-    global_view: torch.Tensor
-    tiles: Optional[torch.Tensor]
-    grid: Tuple[int, int]
-    size: Tuple[int, int]
-    mode: str
-    max_tiles: int = 9
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens handed to the LLM for this image (``modes.vision_token_count``)."""
-        return vision_token_count(self.size[0], self.size[1], self.mode, self.max_tiles)
 
 
 def view_shapes(width: int, height: int, mode="base", max_tiles: int = 9):

@@ -109,20 +109,27 @@ def _compile_note(opts) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _pad_partition(qkv, window: int, qkv_bias):
+    """Upstream's window padding + partition applied to the qkv projection: padded tokens equal the qkv
+    bias (zero padding before ``qkv``). Returns ``([B*nW, ws, ws, 3C] or qkv, (Hp, Wp))``."""
+    B, H, W, C3 = qkv.shape
+    if window <= 0:
+        return qkv, (H, W)
+    Hp, Wp = math.ceil(H / window) * window, math.ceil(W / window) * window
+    x = qkv
+    if (Hp, Wp) != (H, W):
+        x = qkv_bias.to(qkv.dtype).expand(B, Hp, Wp, C3).clone()
+        x[:, :H, :W] = qkv
+    x = x.view(B, Hp // window, window, Wp // window, window, C3).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, C3), (Hp, Wp)
+
+
 def sam_attention_upstream(qkv, rel_pos_h, rel_pos_w, num_heads: int, window: int, qkv_bias=None):
     """Upstream's SAM attention from the qkv projection: pad with tokens equal to the qkv bias (what
     upstream's zero padding before ``qkv`` gives), partition, materialise ``[B*nW, heads, n, n]``, SDPA."""
     from deepencoder.reference import add_decomposed_rel_pos, window_unpartition
 
-    B, H, W, C3 = qkv.shape
-    x = qkv
-    if window > 0:
-        Hp, Wp = math.ceil(H / window) * window, math.ceil(W / window) * window
-        if (Hp, Wp) != (H, W):
-            x = qkv_bias.to(qkv.dtype).expand(B, Hp, Wp, C3).clone()
-            x[:, :H, :W] = qkv
-        x = x.view(B, Hp // window, window, Wp // window, window, C3).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(-1, window, window, C3)
+    x, (Hp, Wp) = _pad_partition(qkv, window, qkv_bias)
     Bw, h, w, _ = x.shape
     t = x.reshape(Bw, h * w, 3, num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = t.reshape(3, Bw * num_heads, h * w, -1).unbind(0)
@@ -136,21 +143,13 @@ def sam_attention_upstream(qkv, rel_pos_h, rel_pos_w, num_heads: int, window: in
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     o = o.view(Bw, num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(Bw, h, w, -1)
     if window > 0:
-        o = window_unpartition(o, window, (Hp, Wp), (H, W))
+        o = window_unpartition(o, window, (Hp, Wp), tuple(qkv.shape[1:3]))
     return o
 
 
 def _split_regions(qkv, num_heads, window, qkv_bias):
     """q, k, v ``[B*nW, heads, n, D]`` contiguous (for the no-bias ceiling; padded like upstream)."""
-    B, H, W, C3 = qkv.shape
-    x = qkv
-    if window > 0:
-        Hp, Wp = math.ceil(H / window) * window, math.ceil(W / window) * window
-        if (Hp, Wp) != (H, W):
-            x = qkv_bias.to(qkv.dtype).expand(B, Hp, Wp, C3).clone()
-            x[:, :H, :W] = qkv
-        x = x.view(B, Hp // window, window, Wp // window, window, C3).permute(0, 1, 3, 2, 4, 5)
-        x = x.reshape(-1, window, window, C3)
+    x, _ = _pad_partition(qkv, window, qkv_bias)
     Bw, h, w, _ = x.shape
     q, k, v = x.reshape(Bw, h * w, 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
     return q.contiguous(), k.contiguous(), v.contiguous()

@@ -81,24 +81,15 @@ class EncoderPool:
             fast.check_runnable(self.device, self.dtype)
         except Exception as e:  # noqa: BLE001
             raise Unavailable(f"backend='fast': {e}") from e
-        try:  # a view of the same module: same weights, no second initialisation
-            enc = copy.copy(ref)
-            enc._fast = None
-            enc.cuda_graphs = cuda_graphs
-            enc.backend = enc._resolve_backend(backend)
-        except AttributeError:  # DeepEncoder's internals moved: build a fresh one with the same seed
-            from deepencoder import DeepEncoder
-
-            enc = DeepEncoder(self.cfg, None, self.device, self.dtype, backend=backend, seed=self.seed,
-                              cuda_graphs=cuda_graphs)
+        enc = ref.with_backend(backend, cuda_graphs=cuda_graphs)  # same weights, no re-initialisation
         self._d[name] = enc
         return enc
 
     def drop_graphs(self):
         """Forget captured CUDA graphs (each shape keeps its own memory pool alive)."""
         enc = self._d.get("fast-graphs")
-        if enc is not None and hasattr(enc, "_fast"):
-            enc._fast = None
+        if enc is not None:
+            enc.release_graphs()
 
     def compiled(self, opts):
         if "compiled" not in self._d:

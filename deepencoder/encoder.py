@@ -111,6 +111,28 @@ class DeepEncoder:
             fast.check_runnable(self.device, self.dtype)
         return "fast"
 
+    def with_backend(self, backend: str, cuda_graphs: Optional[bool] = None,
+                     op_backend: Optional[str] = None) -> "DeepEncoder":
+        """Another view of this encoder on a different backend: the same module and weights (nothing is
+        copied or re-initialised), its own fast-path state (e.g. captured CUDA graphs)."""
+        import copy
+
+        enc = copy.copy(self)
+        enc._fast = None
+        if cuda_graphs is not None:
+            enc.cuda_graphs = cuda_graphs
+        if op_backend is not None:
+            enc.op_backend = op_backend
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        enc.requested_backend = backend
+        enc.backend = enc._resolve_backend(backend)
+        return enc
+
+    def release_graphs(self) -> None:
+        """Drop the fast path's captured CUDA graphs (each input shape holds a memory pool)."""
+        self._fast = None
+
     @property
     def fast_model(self):
         if self._fast is None:

@@ -214,3 +214,14 @@ def test_cuda_graphs_match_eager():
         x = pixels(2, 256, seed=seed).bfloat16()
         torch.testing.assert_close(graphed(x), eager(x))  # bf16 default tolerances
     assert len(graphed._graphs) == 1
+
+
+def test_with_backend_shares_the_module():
+    enc = DeepEncoder(DeepEncoderConfig.small_test(), device=DEVICE, backend="reference")
+    other = enc.with_backend("fast", op_backend="torch")
+    assert other.backend == "fast" and enc.backend == "reference"
+    assert other.model is enc.model
+    x = pixels(1, 256, seed=9)
+    torch.testing.assert_close(other.encode_pixels(x), enc.encode_pixels(x), rtol=2e-4, atol=2e-4)
+    with pytest.raises(ValueError, match="unknown backend"):
+        enc.with_backend("turbo")

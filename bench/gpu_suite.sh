@@ -102,7 +102,7 @@ EOF
 [ -z "${DEEPENCODER_COMMIT:-}" ] && export DEEPENCODER_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- 3. CUDA correctness tests
-stage tests 150 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or interpreter" tests/kernels -rfE
+stage tests 180 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or interpreter" tests/kernels tests/test_fast.py -rfE
 TESTS_LINE="$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed|[0-9]+ failed|no tests ran' "$LOG" | tail -1)"
 
 # ---------------------------------------------------------------- 4. benchmark matrix

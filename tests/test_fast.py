@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from deepencoder.kernels import last_backend
-from PIL import Image
 
 import deepencoder
 from deepencoder.config import DeepEncoderConfig
@@ -68,6 +67,8 @@ def test_fast_bf16_error_rule():
 
 
 def _images(sizes, seed=0):
+    from PIL import Image  # imported here: the GPU machine may run this file without Pillow
+
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
 

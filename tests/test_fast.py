@@ -67,7 +67,8 @@ def test_fast_bf16_error_rule():
 
 
 def _images(sizes, seed=0):
-    from PIL import Image  # imported here: the GPU machine may run this file without Pillow
+    # Pillow is a dependency of the package, but the GPU machine's bare environment may lack it
+    Image = pytest.importorskip("PIL.Image")
 
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]

@@ -66,3 +66,23 @@ def test_add_layernorm_custom_op_opcheck_and_compile():
     s, h = f(x, y, bias, w, b)
     s_r, h_r = add_layernorm_ref(x, y, bias, w, b, 1e-6)
     torch.testing.assert_close(h, h_r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_add_layernorm_launcher_writes_every_element(dtype):
+    """The launcher into NaN-poisoned output buffers, odd row count and width (batch 1)."""
+    from deepencoder.kernels.add_layernorm.triton import add_layernorm_fwd
+
+    from tests.conftest import poison
+
+    x, y, bias, w, b = make((1, 13, 200), True, seed=8)
+    x2, y2 = x.view(-1, 200).to(DEVICE, dtype), y.view(-1, 200).to(DEVICE, dtype)
+    s_out = poison(torch.empty(13, 200, device=DEVICE, dtype=dtype))
+    h_out = poison(torch.empty(13, 200, device=DEVICE, dtype=dtype))
+    add_layernorm_fwd(x2, y2, bias.to(DEVICE, dtype), w.to(DEVICE), b.to(DEVICE), 1e-6, s_out, h_out)
+    s32, h32 = add_layernorm_ref(x.view(-1, 200).double(), y.view(-1, 200).double(), bias.double(), w.double(),
+                                 b.double(), 1e-6)
+    s_t, h_t = add_layernorm_ref(x2.cpu(), y2.cpu(), bias.to(dtype), w, b, 1e-6)
+    assert_same_dtype_rule(s_out.cpu(), s_t, s32, what="residual")
+    assert_same_dtype_rule(h_out.cpu(), h_t, h32, what="layernorm")

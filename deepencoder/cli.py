@@ -14,7 +14,7 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-from .modes import DEFAULT_MAX_TILES, MODES, get_mode
+from .modes import DEFAULT_MAX_TILES, MODES, TILE_GRID, get_mode
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -90,11 +90,10 @@ def format_table(rows: List[dict]) -> str:
 
 
 def vision_tokens(mode: str, grid) -> int:
-    """Projected tokens before newlines/separator: g^2 of the global view plus 100 per tile."""
-    m = get_mode(mode)
-    g = m.grid[1]
+    """Projected tokens before newlines/separator: g^2 of the global view plus TILE_GRID^2 per tile."""
+    g = get_mode(mode).grid[1]
     cols, rows = grid
-    return g * g + (cols * rows * 100 if cols * rows > 1 else 0)
+    return g * g + (cols * rows * TILE_GRID * TILE_GRID if cols * rows > 1 else 0)
 
 
 def row_for(res, name: str) -> dict:

@@ -17,6 +17,7 @@ SAM/CLIP batch, global views are grouped by size, and results come back per imag
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -220,13 +221,5 @@ class DeepEncoder:
 
 
 def _describe(x) -> str:
-    if isinstance(x, str):
-        return x
-    try:
-        import os
-
-        if isinstance(x, os.PathLike):
-            return os.fspath(x)
-    except Exception:  # noqa: BLE001
-        pass
-    return type(x).__name__
+    """A path names its source; anything else (PIL image, array) its type."""
+    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__

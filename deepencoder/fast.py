@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .reference import check_pixels, quick_gelu, resize_clip_pos_embed, resize_rel_pos, resize_sam_pos_embed
+from .reference import quick_gelu, resize_clip_pos_embed, resize_rel_pos, resize_sam_pos_embed
 
 
 def check_runnable(device: torch.device, dtype: torch.dtype) -> None:
@@ -200,8 +200,3 @@ class FastDeepEncoder:
         graph.replay()
         return static_out.clone()
 
-
-def fast_encode_pixels(model, pixels: torch.Tensor, cuda_graphs: bool = False) -> torch.Tensor:
-    """One-shot helper: ``model`` (reference or upstream tree) + pixels -> ``[B, g^2, n_embed]``."""
-    check_pixels(pixels, model.cfg) if hasattr(model, "cfg") else None
-    return FastDeepEncoder(model, cuda_graphs=cuda_graphs)(pixels)

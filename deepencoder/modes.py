@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 TILE_SIZE = 640
+TILE_GRID = math.ceil(TILE_SIZE // 16 / 4)  # projected tokens per tile side (10)
 DEFAULT_MAX_TILES = 9  # Hugging Face remote code; the vLLM code uses 6
 MIN_TILES = 2
 
@@ -98,6 +99,5 @@ def vision_token_count(width: int, height: int, mode="base", max_tiles: int = DE
     if m.crop:
         cols, rows = choose_tile_grid(width, height, max_tiles)
         if cols > 1 or rows > 1:
-            t = math.ceil(TILE_SIZE // 16 / 4)
-            n += (rows * t) * (cols * t + 1)
+            n += (rows * TILE_GRID) * (cols * TILE_GRID + 1)
     return n

@@ -2,10 +2,14 @@
 
 Follow one image from pixels to tokens here::
 
-    image ─ preprocess (mode: resize / pad / Gundam tiles, normalise)          deepencoder.preprocess
-          ─ encode_pixels: SAM-B → 16× compressor → CLIP-L → projector            reference.py or fast.py
-          ─ layout_tokens: tiles stitched + newlines, global view + newlines,
-                           view_seperator                                          reference.layout_tokens
+    image ─ preprocess (family + mode: resize / pad / tiles, normalise)            deepencoder.preprocess
+          ─ encode_pixels  ocr1: SAM-B → 16× compressor → CLIP-L → projector      models/ocr1.py, fast/ocr1.py
+                           ocr2: SAM-B → 16× compressor → Qwen2 flow → projector   models/ocr2.py, fast/ocr2.py
+          ─ layout         ocr1: tiles stitched + newlines, global + newlines, separator   models.layout_tokens
+                           ocr2: crops, global, separator (no newlines)                    models.layout_tokens_v2
+
+Two model families share one package: ``"ocr1"`` (DeepSeek-OCR) and ``"ocr2"`` (DeepSeek-OCR 2). The
+family is given (``family=``), taken from ``config``, or detected from the checkpoint's keys.
 
 :class:`DeepEncoder` owns one set of weights (one ``state_dict``, loaded once) and runs it on either
 backend: ``"reference"`` (upstream-faithful PyTorch, the correctness oracle) or ``"fast"`` (Triton
@@ -25,10 +29,10 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .config import DeepEncoderConfig
-from .modes import DEFAULT_MAX_TILES, get_mode
-from .reference import DeepEncoderReference, check_pixels, layout_tokens
-from .weights import init_random_, load_checkpoint
+from .config import family_config, normalize_family
+from .models import check_pixels, layout_tokens, layout_tokens_v2, reference_model
+from .modes import get_mode
+from .weights import CheckpointError, checkpoint_family, init_random_, load_checkpoint
 
 BACKENDS = ("auto", "reference", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -57,16 +61,42 @@ class EncodedImage:
     seconds: float = 0.0
     size: Tuple[int, int] = (0, 0)  # original (width, height)
     source: str = ""
+    family: str = "ocr1"
     extra: Dict[str, object] = field(default_factory=dict)
 
 
+DEFAULT_MODE = {"ocr1": "base", "ocr2": "gundam"}
+
+
+def resolve_family(family=None, config=None, weights=None) -> str:
+    """The model family from what was given: ``family``, ``config.family``, the checkpoint's keys (in that
+    order of authority), defaulting to ``"ocr1"``. Conflicts are one-line errors naming both sides."""
+    fam = normalize_family(family) if family is not None else None
+    if config is not None:
+        cf = getattr(config, "family", "ocr1")
+        if fam is not None and fam != cf:
+            raise ValueError(f"family {fam!r} does not match the config's family {cf!r}")
+        fam = cf
+    if weights is not None:
+        wf = checkpoint_family(weights)
+        if fam is not None and fam != wf:
+            names = {"ocr1": "DeepSeek-OCR (ocr1)", "ocr2": "DeepSeek-OCR 2 (ocr2)"}
+            raise CheckpointError(f"{weights} is a {names[wf]} checkpoint, but model family {fam!r} was requested: "
+                                  f"use --model {wf} (or leave the family to auto-detection)")
+        fam = wf
+    return fam or "ocr1"
+
+
 class DeepEncoder:
-    """DeepSeek-OCR's vision encoder with a choice of backend.
+    """The vision encoder of DeepSeek-OCR (``family="ocr1"``) or DeepSeek-OCR 2 (``"ocr2"``), with a choice
+    of backend.
 
     Args:
-        config: :class:`DeepEncoderConfig` (default: the real DeepSeek-OCR encoder).
-        weights: path to a DeepSeek-OCR checkpoint (safetensors file, sharded index json, or folder).
+        config: :class:`DeepEncoderConfig` / :class:`DeepEncoderV2Config` (default: the family's real encoder).
+        weights: path to a checkpoint (safetensors file, sharded index json, or folder), in any key scheme
+            of either family; the family is detected from its keys.
             None: seeded random weights (``random_weights`` is True; outputs are meaningless).
+        family: "ocr1" | "ocr2" (None: from ``config``, else from the checkpoint, else "ocr1").
         device: "cuda", "cpu", ... (default: cuda when available).
         dtype: parameter/activation dtype (default: bfloat16 on CUDA, float32 on CPU).
         backend: "auto" | "reference" | "fast".
@@ -76,17 +106,18 @@ class DeepEncoder:
             the fast path's own code on the ops' PyTorch references (for testing the plumbing anywhere).
     """
 
-    def __init__(self, config: Optional[DeepEncoderConfig] = None, weights: Optional[str] = None,
-                 device=None, dtype=None, backend: str = "auto", seed: int = 0, strict: bool = True,
-                 cuda_graphs: bool = False, max_batch: int = 32, op_backend: str = "auto"):
+    def __init__(self, config=None, weights: Optional[str] = None, device=None, dtype=None,
+                 backend: str = "auto", seed: int = 0, strict: bool = True, cuda_graphs: bool = False,
+                 max_batch: int = 32, op_backend: str = "auto", family: Optional[str] = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        self.config = config or DeepEncoderConfig.deepseek_ocr()
+        self.family = resolve_family(family, config, weights)
+        self.config = config or family_config(self.family)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
         self.dtype = resolve_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.model = DeepEncoderReference(self.config)
+        self.model = reference_model(self.config)
         self.random_weights = weights is None
         if weights is None:
             init_random_(self.model, seed)
@@ -107,9 +138,9 @@ class DeepEncoder:
         if backend == "auto":
             return "fast" if self.device.type == "cuda" else "reference"
         if self.op_backend != "torch":  # "fast" requested explicitly: the kernels must be able to run here
-            from . import fast
+            from .fast import check_runnable
 
-            fast.check_runnable(self.device, self.dtype)
+            check_runnable(self.device, self.dtype)
         return "fast"
 
     def with_backend(self, backend: str, cuda_graphs: Optional[bool] = None,
@@ -137,15 +168,17 @@ class DeepEncoder:
     @property
     def fast_model(self):
         if self._fast is None:
-            from .fast import FastDeepEncoder
+            from .fast import fast_model
 
-            self._fast = FastDeepEncoder(self.model, cuda_graphs=self.cuda_graphs, op_backend=self.op_backend)
+            self._fast = fast_model(self.model, cuda_graphs=self.cuda_graphs, op_backend=self.op_backend)
         return self._fast
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` normalised pixels -> projected tokens ``[B, g^2, n_embed]`` (no layout)."""
         check_pixels(pixels, self.config)
+        if self.family == "ocr2":
+            self.config.num_queries(pixels.shape[-1])  # one-line error for a side without a query table
         pixels = pixels.to(device=self.device, dtype=self.dtype)
         if self.backend == "fast":
             return self.fast_model(pixels)
@@ -153,12 +186,13 @@ class DeepEncoder:
 
     # ------------------------------------------------------------------ images -> tokens
     @torch.inference_mode()
-    def encode(self, images: Union[Sequence, object], mode: Union[str, Sequence[str]] = "base",
-               max_tiles: int = DEFAULT_MAX_TILES, engine: str = "auto") -> List[EncodedImage]:
+    def encode(self, images: Union[Sequence, object], mode: Union[str, Sequence[str], None] = None,
+               max_tiles: Optional[int] = None, engine: str = "auto") -> List[EncodedImage]:
         """Encode images (PIL images, paths or uint8 arrays) into LLM-ready token sequences.
 
-        ``mode`` is one mode for all images or one per image. All views are batched across images:
-        tiles of every Gundam image in one batch, global views grouped by size.
+        ``mode`` is one mode for all images or one per image (None: the family's default, "base" for
+        ocr1, "gundam" for ocr2); ``max_tiles`` None: the family's default (9 ocr1, 6 ocr2). All views are
+        batched across images: tiles/crops of every image in one batch, global views grouped by size.
         """
         from .preprocess import preprocess_batch
 
@@ -166,14 +200,16 @@ class DeepEncoder:
             images = [images]
         if len(images) == 0:
             raise ValueError("no images to encode")
+        if mode is None:
+            mode = DEFAULT_MODE[self.family]
         modes = [mode] * len(images) if isinstance(mode, str) else list(mode)
         if len(modes) != len(images):
             raise ValueError(f"got {len(modes)} modes for {len(images)} images")
-        modes = [get_mode(m).name for m in modes]
+        modes = [get_mode(m, family=self.family).name for m in modes]
         t0 = time.perf_counter()
         # one multi-threaded C++ call for all images (Python/PIL path when the extension is missing);
         # pixels are made directly in the model dtype (the C++ engine writes bf16/fp16 itself)
-        views = preprocess_batch(images, modes, max_tiles=max_tiles, engine=engine,
+        views = preprocess_batch(images, modes, max_tiles=max_tiles, engine=engine, family=self.family,
                                  dtype=self.dtype if self.dtype in (torch.float32, torch.bfloat16, torch.float16)
                                  else torch.float32)
         t_pre = time.perf_counter() - t0
@@ -199,7 +235,7 @@ class DeepEncoder:
                 out = self.encode_pixels(pix)
                 for (i, t, _), o in zip(chunk, out):
                     outputs[(i, t)] = o
-        nl, sep = self.model.image_newline, self.model.view_seperator
+        sep = self.model.view_seperator
         results = []
         elapsed = time.perf_counter() - t0
         per_image = (elapsed + t_pre) / max(len(views), 1)
@@ -207,11 +243,16 @@ class DeepEncoder:
             tiles = None
             if v.tiles is not None:
                 tiles = torch.stack([outputs[(i, t)] for t in range(v.tiles.shape[0])])
-            tok = layout_tokens(outputs[(i, -1)], nl, sep, tiles, tuple(v.grid))
+            if getattr(v, "family", "ocr1") != self.family:
+                raise ValueError(f"views made for family {v.family!r} given to a {self.family!r} encoder")
+            if self.family == "ocr2":
+                tok = layout_tokens_v2(outputs[(i, -1)], sep, tiles)
+            else:
+                tok = layout_tokens(outputs[(i, -1)], self.model.image_newline, sep, tiles, tuple(v.grid))
             if tok.shape[0] != v.num_tokens:  # the layout and the counting helper must agree
                 raise AssertionError(f"token layout produced {tok.shape[0]} tokens, expected {v.num_tokens}")
             results.append(EncodedImage(tokens=tok, mode=v.mode, grid=tuple(v.grid), num_tokens=tok.shape[0],
-                                        seconds=per_image, size=tuple(v.size),
+                                        seconds=per_image, size=tuple(v.size), family=self.family,
                                         source=(sources[i] if sources else "")))
         return results
 

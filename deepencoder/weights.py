@@ -1,37 +1,127 @@
-"""Checkpoint loading from the DeepSeek-OCR safetensors, and seeded random weights.
+"""Checkpoint loading for both model families, in every key scheme, and seeded random weights.
 
-The DeepSeek-OCR checkpoint holds the encoder under ``model.`` (``model.sam_model.*``,
-``model.vision_model.*``, ``model.projector.*``, ``model.image_newline``, ``model.view_seperator``) beside a
-3B language model. :func:`load_encoder_state_dict` opens the file(s) lazily with ``safe_open`` and reads
-only the encoder's tensors, so the language model never enters memory.
+Key schemes (every key starts with ``model.``, which is stripped; the language model beside the encoder
+is never read):
+
+* ``"ocr1"``: DeepSeek-OCR: ``sam_model.*``, ``vision_model.*``, ``projector.*``, ``image_newline``,
+  ``view_seperator``.
+* ``"ocr2"``: DeepSeek-OCR 2 as upstream saves it: ``sam_model.*``, ``qwen2_model.*``, ``projector.*``,
+  ``view_seperator``.
+* ``"ocr2-hf"``: DeepSeek-OCR 2 as transformers' native ``deepseek_ocr2`` names it
+  (``vision_tower.sam_encoder.*``, ``vision_tower.vision_encoder.*``, ``multi_modal_projector.*``,
+  ``view_separator``): mapped onto upstream's names by one table, :data:`NATIVE_OCR2_RENAMES`, used both
+  ways (loading, saving, and patching the native model class).
+
+The reference modules' ``state_dict()`` keys are upstream's names, so loading is a rename and a copy.
+:func:`load_encoder_state_dict` opens the file(s) lazily with ``safe_open`` and reads only encoder tensors.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
-ENCODER_PREFIXES = ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator")
 CHECKPOINT_PREFIX = "model."
+ENCODER_PREFIXES = {
+    "ocr1": ("sam_model.", "vision_model.", "projector.", "image_newline", "view_seperator"),
+    "ocr2": ("sam_model.", "qwen2_model.", "projector.", "view_seperator"),
+    "ocr2-hf": ("vision_tower.", "multi_modal_projector.", "view_separator"),
+}
+SCHEME_FAMILY = {"ocr1": "ocr1", "ocr2": "ocr2", "ocr2-hf": "ocr2"}
+_ALL_PREFIXES = tuple(sorted({p for ps in ENCODER_PREFIXES.values() for p in ps}))
 # Buffers some saves carry that are not parameters of the encoder.
 IGNORED_KEYS = ("vision_model.embeddings.position_ids",)
+
+# transformers-native deepseek_ocr2 name -> upstream OCR-2 name ({N}: a layer index). First match wins.
+NATIVE_OCR2_RENAMES: Tuple[Tuple[str, str], ...] = (
+    ("vision_tower.sam_encoder.patch_embed.projection.", "sam_model.patch_embed.proj."),
+    ("vision_tower.sam_encoder.pos_embed", "sam_model.pos_embed"),
+    ("vision_tower.sam_encoder.layers.{N}.layer_norm1.", "sam_model.blocks.{N}.norm1."),
+    ("vision_tower.sam_encoder.layers.{N}.layer_norm2.", "sam_model.blocks.{N}.norm2."),
+    ("vision_tower.sam_encoder.layers.{N}.", "sam_model.blocks.{N}."),
+    ("vision_tower.sam_encoder.neck.conv1.", "sam_model.neck.0."),
+    ("vision_tower.sam_encoder.neck.layer_norm1.", "sam_model.neck.1."),
+    ("vision_tower.sam_encoder.neck.conv2.", "sam_model.neck.2."),
+    ("vision_tower.sam_encoder.neck.layer_norm2.", "sam_model.neck.3."),
+    ("vision_tower.sam_encoder.proj.conv1.", "sam_model.net_2."),
+    ("vision_tower.sam_encoder.proj.conv2.", "sam_model.net_3."),
+    ("vision_tower.vision_encoder.layers.", "qwen2_model.model.model.layers."),
+    ("vision_tower.vision_encoder.norm.", "qwen2_model.model.model.norm."),
+    ("vision_tower.query_768_resolution.", "qwen2_model.query_768."),
+    ("vision_tower.query_1024_resolution.", "qwen2_model.query_1024."),
+    ("multi_modal_projector.", "projector.layers."),
+    ("view_separator", "view_seperator"),
+)
+
+
+def _compile(pattern: str):
+    return re.compile("^" + re.escape(pattern).replace(re.escape("{N}"), r"(?P<N>\d+)"))
+
+
+_NATIVE_TO_UP = [(_compile(a), b) for a, b in NATIVE_OCR2_RENAMES]
+_UP_TO_NATIVE = [(_compile(b), a) for a, b in NATIVE_OCR2_RENAMES]
+
+
+def _rename(key: str, rules) -> Optional[str]:
+    for rx, repl in rules:
+        m = rx.match(key)
+        if m:
+            head = repl.replace("{N}", m.group("N")) if "N" in rx.groupindex else repl
+            return head + key[m.end():]
+    return None
+
+
+def native_to_upstream(key: str) -> Optional[str]:
+    """A transformers-native ``deepseek_ocr2`` encoder key (without ``model.``) -> upstream's name, or None."""
+    return _rename(key, _NATIVE_TO_UP)
+
+
+def upstream_to_native(key: str) -> Optional[str]:
+    """An upstream OCR-2 encoder key (without ``model.``) -> transformers-native name, or None."""
+    return _rename(key, _UP_TO_NATIVE)
 
 
 class CheckpointError(ValueError):
     """The checkpoint does not fit the model: lists missing, unexpected and wrongly shaped keys."""
 
 
-def _is_encoder_key(key: str) -> bool:
-    return key.startswith(ENCODER_PREFIXES)
+def _bare(key: str) -> str:
+    return key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
 
 
-def _strip(key: str) -> Optional[str]:
-    """Checkpoint key -> encoder state-dict key, or None for tensors that are not the encoder's."""
-    k = key[len(CHECKPOINT_PREFIX):] if key.startswith(CHECKPOINT_PREFIX) else key
-    return k if _is_encoder_key(k) else None
+def _is_encoder_key(key: str, scheme: Optional[str] = None) -> bool:
+    return key.startswith(ENCODER_PREFIXES[scheme] if scheme else _ALL_PREFIXES)
+
+
+def detect_scheme(keys: Iterable[str], source: str = "checkpoint") -> str:
+    """``"ocr1"``, ``"ocr2"`` or ``"ocr2-hf"`` from a checkpoint's keys; CheckpointError when none fits."""
+    bare = [_bare(k) for k in keys]
+    has = lambda prefix: any(k.startswith(prefix) for k in bare)
+    if has("qwen2_model."):
+        return "ocr2"
+    if has("vision_tower.sam_encoder.") and has("vision_tower.vision_encoder."):
+        return "ocr2-hf"
+    if has("vision_model.") and has("sam_model."):
+        return "ocr1"
+    sample = ", ".join(sorted(bare)[:3]) or "no keys"
+    raise CheckpointError(f"{source}: its keys match neither DeepSeek-OCR ('model.sam_model.*' + "
+                          "'model.vision_model.*') nor DeepSeek-OCR 2 ('model.sam_model.*' + 'model.qwen2_model.*', "
+                          f"or transformers' 'model.vision_tower.*'); first keys: {sample}")
+
+
+def _strip(key: str, scheme: Optional[str] = None) -> Optional[str]:
+    """Checkpoint key -> the reference model's state-dict key (upstream names), or None for tensors that are
+    not the encoder's (e.g. the language model)."""
+    k = _bare(key)
+    if not _is_encoder_key(k, scheme):
+        return None
+    if scheme == "ocr2-hf" or (scheme is None and k.startswith(ENCODER_PREFIXES["ocr2-hf"])):
+        return native_to_upstream(k)
+    return k
 
 
 def checkpoint_files(path: str) -> List[str]:
@@ -66,18 +156,48 @@ def checkpoint_files(path: str) -> List[str]:
     return [path]
 
 
-def load_encoder_state_dict(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
-    """Read only the encoder tensors of a DeepSeek-OCR checkpoint (prefix ``model.`` stripped)."""
+def checkpoint_keys(path: str) -> List[str]:
+    """Every tensor name of a checkpoint (file, index json or folder) without reading any tensor."""
     from safetensors import SafetensorError, safe_open
 
-    out: Dict[str, torch.Tensor] = {}
+    keys: List[str] = []
     for fn in checkpoint_files(path):
+        if not os.path.exists(fn):
+            raise FileNotFoundError(f"checkpoint shard listed in the index is missing: {fn}")
+        try:
+            with safe_open(fn, framework="pt") as f:
+                keys += list(f.keys())
+        except SafetensorError as e:
+            raise CheckpointError(f"cannot read safetensors file {fn}: {e}") from e
+    return keys
+
+
+def checkpoint_scheme(path: str) -> str:
+    """The key scheme (``"ocr1"``, ``"ocr2"``, ``"ocr2-hf"``) of a checkpoint, from its keys alone."""
+    return detect_scheme(checkpoint_keys(path), source=path)
+
+
+def checkpoint_family(path: str) -> str:
+    """The model family (``"ocr1"`` or ``"ocr2"``) a checkpoint holds."""
+    return SCHEME_FAMILY[checkpoint_scheme(path)]
+
+
+def load_encoder_state_dict(path: str, device: str = "cpu", scheme: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read only the encoder tensors of a checkpoint, renamed to the reference model's keys (upstream
+    names, ``model.`` stripped). ``scheme`` None: detected from the keys."""
+    from safetensors import SafetensorError, safe_open
+
+    files = checkpoint_files(path)
+    if scheme is None:
+        scheme = checkpoint_scheme(path)
+    out: Dict[str, torch.Tensor] = {}
+    for fn in files:
         if not os.path.exists(fn):
             raise FileNotFoundError(f"checkpoint shard listed in the index is missing: {fn}")
         try:
             with safe_open(fn, framework="pt", device=device) as f:
                 for key in f.keys():
-                    k = _strip(key)
+                    k = _strip(key, scheme)
                     if k is not None:
                         out[k] = f.get_tensor(key)
         except SafetensorError as e:
@@ -98,7 +218,8 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor],
         if tuple(sd[k].shape) != tuple(expected[k].shape)
     )
     if strict and (missing or unexpected or shapes):
-        lines = ["checkpoint does not match the DeepEncoder model:"]
+        family = getattr(getattr(model, "cfg", None), "family", "ocr1")
+        lines = [f"checkpoint does not match the {family} encoder model:"]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("wrongly shaped keys", shapes)):
             if items:
@@ -113,8 +234,17 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor],
 
 
 def load_checkpoint(model: torch.nn.Module, path: str, strict: bool = True):
-    """Load a DeepSeek-OCR checkpoint (file, index json or folder) into ``model`` in place."""
-    sd = load_encoder_state_dict(path)
+    """Load a checkpoint (file, index json or folder; any key scheme of ``model``'s family) in place.
+
+    A checkpoint of the other family is refused with a one-line error naming both."""
+    scheme = checkpoint_scheme(path)
+    family = getattr(getattr(model, "cfg", None), "family", "ocr1")
+    if SCHEME_FAMILY[scheme] != family:
+        names = {"ocr1": "DeepSeek-OCR (ocr1)", "ocr2": "DeepSeek-OCR 2 (ocr2)"}
+        raise CheckpointError(f"{path} is a {names[SCHEME_FAMILY[scheme]]} checkpoint, but the model is "
+                              f"{names[family]}: choose the model family that matches (--model "
+                              f"{SCHEME_FAMILY[scheme]}) or leave it to auto-detection")
+    sd = load_encoder_state_dict(path, scheme=scheme)
     missing, unexpected, _ = check_state_dict(model, sd, strict=strict)
     params = {k: v for k, v in sd.items() if k not in IGNORED_KEYS and k not in unexpected}
     with torch.no_grad():
@@ -125,12 +255,14 @@ def load_checkpoint(model: torch.nn.Module, path: str, strict: bool = True):
 
 
 def save_checkpoint(model: torch.nn.Module, path: str, extra: Optional[Dict[str, torch.Tensor]] = None,
-                    shard_size: Optional[int] = None) -> List[str]:
-    """Write the encoder in DeepSeek-OCR layout (``model.`` prefix), optionally with extra tensors
-    (e.g. language-model weights) and sharded with an index json. Returns the files written."""
+                    shard_size: Optional[int] = None, scheme: Optional[str] = None) -> List[str]:
+    """Write the encoder in its checkpoint layout (``model.`` prefix; ``scheme="ocr2-hf"`` writes an OCR-2
+    encoder under transformers' native names), optionally with extra tensors (e.g. language-model
+    weights) and sharded with an index json. Returns the files written."""
     from safetensors.torch import save_file
 
-    tensors = {CHECKPOINT_PREFIX + k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    rename = upstream_to_native if scheme == "ocr2-hf" else (lambda k: k)
+    tensors = {CHECKPOINT_PREFIX + rename(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors.update({k: v.contiguous() for k, v in (extra or {}).items()})
     if shard_size is None:
         save_file(tensors, path, metadata={"format": "pt"})
@@ -157,8 +289,11 @@ def init_random_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, p in sorted(model.named_parameters()):
             shape = p.shape
             if name.endswith(("norm1.weight", "norm2.weight", "layer_norm1.weight", "layer_norm2.weight",
-                              "pre_layrnorm.weight", "neck.1.weight", "neck.3.weight")):
+                              "pre_layrnorm.weight", "neck.1.weight", "neck.3.weight", "input_layernorm.weight",
+                              "post_attention_layernorm.weight", "model.norm.weight")):
                 val = 1.0 + 0.1 * torch.randn(shape, generator=g)
+            elif "query_" in name:  # learned flow queries: embedding-scale rows
+                val = 0.5 * torch.randn(shape, generator=g)
             elif p.dim() >= 2 and "rel_pos" not in name and "pos_embed" not in name \
                     and "position_embedding" not in name:
                 fan_in = p[0].numel()

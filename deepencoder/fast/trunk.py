@@ -1,8 +1,7 @@
-"""The fast DeepEncoder: the same weights as the reference, run on the kernels.
+"""The fast SAM trunk both families share: SAM-B blocks and the 16x compressor on the kernels.
 
-It reads parameters from any module tree with upstream's attribute names (``sam_model``,
-``vision_model``, ``projector``; ``blocks[i].attn.qkv`` ...), so it serves both
-:class:`deepencoder.reference.DeepEncoderReference` and a loaded DeepSeek-OCR model (see
+It reads parameters from any module tree with upstream's attribute names (``sam_model.blocks[i].attn.qkv``
+...), so it serves the reference modules and a loaded upstream model alike (see
 :mod:`deepencoder.patching`). Nothing is copied: one state dict, two backends.
 
 Per image batch ``[B,3,S,S]``:
@@ -12,9 +11,9 @@ Per image batch ``[B,3,S,S]``:
   projection, with the decomposed rel-pos bias computed in-kernel and window padding synthesised from
   the qkv bias: no ``[B,H,N,N]`` bias, no padded or partitioned copies.
 * The compressor is the fused Triton pipeline (:func:`deepencoder.kernels.compressor.compressor`),
-  writing its tokens straight into the right half of the ``[B, g^2, 2048]`` projector input.
-* CLIP-L attention runs on FlashAttention (``flash_attn`` or SDPA's flash/cuDNN backends).
-* Optional CUDA graphs per input shape remove launch overhead at small batch.
+  writing its tokens straight into the buffer the global stage reads (``out=``): the right half of
+  OCR-1's ``[B, g^2, 2048]`` projector input, or the visual half of OCR-2's ``[B, 2n, 896]`` flow input.
+* Optional CUDA graphs per input shape remove launch overhead at small batch (:class:`GraphedForward`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .reference import quick_gelu, resize_clip_pos_embed, resize_rel_pos, resize_sam_pos_embed
+from ..models.sam import resize_rel_pos, resize_sam_pos_embed
 
 
 def check_runnable(device: torch.device, dtype: torch.dtype) -> None:
@@ -43,39 +42,48 @@ def check_runnable(device: torch.device, dtype: torch.dtype) -> None:
                        "Use backend='reference' or 'auto' on this machine.")
 
 
+def _version(p: torch.Tensor) -> int:
+    """The tensor's in-place version, or -1 for inference tensors (made under ``torch.inference_mode()``),
+    which track no version counter: those are taken as immutable (call ``clear()`` after editing them)."""
+    if p.is_inference():
+        return -1
+    return p._version
+
+
 class _Cache:
-    """Resized position tables per (parameter, size, dtype); invalidated when the parameter changes."""
+    """Derived tensors (resized position tables, concatenated weights) per (parameter, key); invalidated
+    when the parameter is modified in place or replaced."""
 
     def __init__(self):
         self.d: Dict[Tuple, torch.Tensor] = {}
 
+    def clear(self) -> None:
+        self.d.clear()
+
     def get(self, p: torch.Tensor, key, fn):
         if torch.compiler.is_compiling():  # traced once into the graph; no Python-side cache under dynamo
             return fn()
-        k = (id(p), p._version, p.dtype, p.device, key)
+        k = (id(p), p.data_ptr(), _version(p), p.dtype, p.device, key)
         t = self.d.get(k)
         if t is None:
             t = self.d[k] = fn()
         return t
 
 
-class FastDeepEncoder:
-    """Callable ``pixels [B,3,S,S] -> [B, g^2, n_embed]`` over the weights of ``model`` (shared, not copied).
+class FastTrunk:
+    """The SAM trunk on the kernels over ``sam`` (upstream's ``sam_model`` tree; weights shared, not copied).
 
-    ``model`` must have ``sam_model``, ``vision_model`` and ``projector`` with upstream's attribute names.
+    ``op_backend``: the kernels' backend ("auto" | "triton" | "torch"); "torch" runs this code on the ops'
+    PyTorch references (tests the plumbing anywhere).
     """
 
-    def __init__(self, model, cuda_graphs: bool = False, op_backend: str = "auto"):
-        self.model = model
-        self.sam = model.sam_model
-        self.clip = model.vision_model
-        self.projector = model.projector
-        self.cuda_graphs = cuda_graphs
+    def __init__(self, sam, op_backend: str = "auto"):
+        if op_backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"unknown op_backend {op_backend!r}: choose 'auto', 'triton' or 'torch'")
+        self.sam = sam
         self.op_backend = op_backend
         self._cache = _Cache()
-        self._graphs: Dict[Tuple, Tuple] = {}
 
-    # ------------------------------------------------------------------ SAM
     def sam_blocks(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` -> channels-last block output ``[B,G,G,768]``."""
         from deepencoder.kernels.add_layernorm import add_layernorm
@@ -112,7 +120,7 @@ class FastDeepEncoder:
         return x
 
     def sam_forward(self, pixels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``[B,3,S,S]`` -> compressor tokens ``[B, g^2, 1024]`` (written into ``out`` when given)."""
+        """``[B,3,S,S]`` -> compressor tokens ``[B, g^2, net3_chans]`` (written into ``out`` when given)."""
         from deepencoder.kernels.compressor import compressor
 
         sam = self.sam
@@ -122,57 +130,16 @@ class FastDeepEncoder:
                           neck[3].bias, sam.net_2.weight, sam.net_3.weight, eps=neck[1].eps, out=out,
                           backend=self.op_backend)
 
-    # ------------------------------------------------------------------ CLIP
-    def clip_forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Compressor tokens ``[B, g^2, 1024]`` -> CLIP output ``[B, 1+g^2, 1024]``."""
-        from deepencoder.kernels.add_layernorm import add_layernorm
-        from deepencoder.kernels.clip_attention import clip_attention
 
-        clip = self.clip
-        emb = clip.embeddings
-        B, n, C = tokens.shape
-        pos_table = emb.position_embedding.weight
-        pos = self._cache.get(pos_table, n + 1, lambda: resize_clip_pos_embed(pos_table, n + 1)[0].contiguous())
-        x = torch.empty(B, n + 1, C, device=tokens.device, dtype=tokens.dtype)
-        x[:, 0] = emb.class_embedding + pos[0]
-        torch.add(tokens, pos[1:], out=x[:, 1:])
-        pre = clip.pre_layrnorm
-        layers = list(clip.transformer.layers)
-        if not layers:
-            return F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
-        x = F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
-        ln = layers[0].layer_norm1
-        h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-        for i, layer in enumerate(layers):
-            sa = layer.self_attn
-            qkv = F.linear(h, sa.qkv_proj.weight, sa.qkv_proj.bias)
-            o = clip_attention(qkv, sa.num_heads, backend="auto")
-            p = torch.mm(o.reshape(-1, C), sa.out_proj.weight.t()).view_as(x)
-            ln2 = layer.layer_norm2
-            x, h = add_layernorm(x, p, sa.out_proj.bias, ln2.weight, ln2.bias, ln2.eps, backend=self.op_backend)
-            m = quick_gelu(F.linear(h, layer.mlp.fc1.weight, layer.mlp.fc1.bias))
-            p = torch.mm(m.view(-1, m.shape[-1]), layer.mlp.fc2.weight.t()).view_as(x)
-            if i + 1 < len(layers):
-                nl = layers[i + 1].layer_norm1
-                x, h = add_layernorm(x, p, layer.mlp.fc2.bias, nl.weight, nl.bias, nl.eps, backend=self.op_backend)
-            else:
-                x = x.add_(p).add_(layer.mlp.fc2.bias)
-        return x
+class GraphedForward:
+    """``__call__`` = ``forward`` under inference mode, replayed from a CUDA graph per input shape when
+    ``cuda_graphs`` is on and the input is on CUDA. Subclasses define ``forward``."""
 
-    # ------------------------------------------------------------------ whole encoder
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        B = pixels.shape[0]
-        Cc = self.clip.embeddings.class_embedding.shape[0]
-        Cs = self.sam.net_3.weight.shape[0]
-        S = pixels.shape[-1]
-        G = S // self.sam.patch_embed.proj.stride[0]
-        g = ((G - 1) // 2 + 1 - 1) // 2 + 1
-        # The projector input [B, g^2, CLIP | SAM]: the compressor writes its half in place.
-        feats = torch.empty(B, g * g, Cc + Cs, device=pixels.device, dtype=pixels.dtype)
-        sam_tokens = self.sam_forward(pixels, out=feats[..., Cc:])
-        clip_out = self.clip_forward(sam_tokens)
-        feats[..., :Cc].copy_(clip_out[:, 1:])
-        return F.linear(feats, self.projector.layers.weight, self.projector.layers.bias)
+    cuda_graphs: bool = False
+
+    def _init_graphs(self, cuda_graphs: bool) -> None:
+        self.cuda_graphs = cuda_graphs
+        self._graphs: Dict[Tuple, Tuple] = {}
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -46,12 +46,21 @@ class FlowAttnConfig(NamedTuple):
 
 
 # Every entry is run by tests/kernels/test_flow_attention.py::test_every_config (fp16, bf16, fp32).
+# AOT (Triton 3.9, fp16/bf16 alike, 14 heads / 2 KV heads / D 64), registers/thread (spill bytes):
+#   M64-N64-w4:  sm_90 186 (0) wgmma   sm_80 255 (36: never picked there)
+#   M128-N64-w8: sm_90 194 (0) wgmma   sm_80 252 (0) mma
+#   M64-N32-w4:  sm_80 230 (0) mma     (sm_90 156 (0), but the N64 twin above runs there)
+# The k tile's RoPE (k halves, cos/sin halves in fp32) is what costs registers: BLOCK_N=32 on sm_80.
+HOPPER_ONLY = {FlowAttnConfig(64, 64, 4, 2)}
+AMPERE_ONLY = {FlowAttnConfig(64, 32, 4, 2)}
 CONFIGS = (
     # small batches (one 768 tile: 5 row blocks x 14 heads): many short programs keep the SMs busy, and
-    # the diagonal tiles are 64 wide
+    # the diagonal tiles are 64 wide; one warpgroup of wgmma (Hopper only: spills on sm_80)
     FlowAttnConfig(64, 64, 4, 2),
-    # large batches: 2 warpgroups / 8 warps share each K/V tile, half the K/V reads of the entry above
+    # large batches: 2 warpgroups / 8 warps share each K/V tile, half the K/V reads of the 64-row entries
     FlowAttnConfig(128, 64, 8, 2),
+    # the small-batch entry for Ampere: 32-key tiles keep the k-tile RoPE within 255 registers
+    FlowAttnConfig(64, 32, 4, 2),
 )
 HEAD_DIMS = (32, 64)  # both tested; D/2 >= 16 for tl.dot
 
@@ -161,13 +170,20 @@ def _flow_attention_fwd_kernel(
     tl.store(o_ptr, o.to(OUT.dtype.element_ty), mask=m_ok[:, None])
 
 
+def _excluded_here():
+    """Configs not to pick on the current device (the interpreter runs every entry; its default is Hopper's)."""
+    if interpreter_active() or not torch.cuda.is_available():
+        return AMPERE_ONLY
+    return AMPERE_ONLY if torch.cuda.get_device_capability()[0] >= 9 else HOPPER_ONLY
+
+
 def pick_config(B: int, L: int, num_heads: int) -> FlowAttnConfig:
     """Deterministic choice (no autotuner: it would benchmark inside CUDA-graph capture): 128-row blocks
-    when that still gives >= 2 waves of programs on an H100 (132 SMs), else 64-row blocks."""
+    when that still gives >= 2 waves of programs on an H100 (132 SMs), else the 64-row entry of this arch."""
     big = CONFIGS[1]
     if triton.cdiv(L, big.BLOCK_M) * B * num_heads >= 264:
         return big
-    return CONFIGS[0]
+    return next(c for c in CONFIGS if c.BLOCK_M == 64 and c not in _excluded_here())
 
 
 def flow_attention_fwd(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_heads: int, cos: torch.Tensor,
@@ -226,9 +242,11 @@ def aot_specs() -> List[dict]:
             sig["scale_log2e"] = "fp32"
             sig.update({n: "constexpr" for n in _CONSTEXPR_NAMES})
             flops, nbytes = cost()
+            only = "-sm90" if cfg in HOPPER_ONLY else "-sm80" if cfg in AMPERE_ONLY else ""
             specs.append({
                 "op": "flow_attention",
-                "name": f"flow_attention-M{cfg.BLOCK_M}-N{cfg.BLOCK_N}-w{cfg.num_warps}-s{cfg.num_stages}-{dtype}",
+                "name": f"flow_attention{only}-M{cfg.BLOCK_M}-N{cfg.BLOCK_N}-w{cfg.num_warps}-s{cfg.num_stages}"
+                        f"-{dtype}",
                 "fn": _flow_attention_fwd_kernel, "signature": sig,
                 "constexprs": {"NUM_HEADS": 14, "NUM_KV_HEADS": 2, "HEAD_DIM": 64, "BLOCK_M": cfg.BLOCK_M,
                                "BLOCK_N": cfg.BLOCK_N, "INTERP_BF16": False, "DOT_PREC": "tf32"},

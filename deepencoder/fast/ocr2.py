@@ -70,6 +70,8 @@ class FastDeepEncoderV2(FastTrunk, GraphedForward):
     # ------------------------------------------------------------------ cached derived tensors
     def _cat(self, tensors: Sequence[torch.Tensor], tag: str) -> torch.Tensor:
         """``cat(tensors, 0)``, cached until any of them changes (weights are concatenated once)."""
+        if torch.compiler.is_compiling():  # traced into the graph once; no Python-side cache under dynamo
+            return torch.cat(list(tensors), 0)
         key = (tag,) + tuple((id(t), t.data_ptr(), _version(t)) for t in tensors[1:])
         return self._cache.get(tensors[0], key, lambda: torch.cat(list(tensors), 0).contiguous())
 

@@ -113,6 +113,11 @@ def grid_sizes(image_size: int, patch_size: int = 16) -> Tuple[int, int]:
     if image_size % patch_size:
         raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
     G = image_size // patch_size
-    g1 = (G - 1) // 2 + 1
-    g = (g1 - 1) // 2 + 1
-    return G, g
+    return G, token_grid(G)
+
+
+def token_grid(G: int) -> int:
+    """Compressed token grid side g for a SAM patch grid side G: two stride-2, pad-1, kernel-3 convs,
+    floor((G-1)/2)+1 twice (PyTorch's conv arithmetic), i.e. ceil(G/4) (G=40 -> 10, 48 -> 12, 64 -> 16)."""
+    half = (G - 1) // 2 + 1  # after the first conv
+    return (half - 1) // 2 + 1

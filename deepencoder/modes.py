@@ -13,11 +13,14 @@ Facts, from upstream's ``process/image_process.py`` (``count_tiles``, ``find_clo
 * ``"ocr2"`` (DeepSeek-OCR 2, ``DeepSeek-OCR2-vllm``): gundam (upstream's only mode: 1024 view padded to
   square + 768×768 tiles, MIN_CROPS 2, MAX_CROPS 6, no tiles when both sides are ≤ 768) and base (the same
   1024 view, never tiled). No newline tokens: g² + 1 for the view (257), plus t² = 144 per tile.
+  Upstream only supports the tiled mode; its ``CROP_MODE = False`` switch would squash the image to
+  768×768 before padding (``image.resize((768, 768))`` in ``tokenize_with_images``). This package's
+  ocr2 "base" is instead exactly the Gundam global view without tiles (what upstream encodes for any
+  image ≤ 768×768), so its pixels equal the first view of "gundam".
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -170,26 +173,33 @@ def choose_tile_grid(width: int, height: int, max_num: Optional[int] = None, til
     return best
 
 
+def layout_token_count(g: int, t: int, cols: int, rows: int, family: str = "ocr1") -> int:
+    """The token-layout formula, the one place it is written: LLM tokens for a global view of g×g
+    compressed tokens plus a (cols, rows) grid of tiles of t×t tokens each ((1, 1): no tiles).
+
+    ocr1 (DeepSeek-OCR ``deepseek_ocr.py``): a newline after every row, tiles stitched into one
+    (rows·t)×(cols·t) grid: (rows·t)·(cols·t + 1) + g·(g + 1) + 1 separator.
+    ocr2 (DeepSeek-OCR 2 ``deepseek_ocr2.py``): no newlines, tiles kept apart: cols·rows·t² + g² + 1.
+    """
+    fam = check_family(family)
+    tiled = cols * rows > 1
+    if fam == "ocr1":
+        return g * (g + 1) + 1 + ((rows * t) * (cols * t + 1) if tiled else 0)
+    return g * g + 1 + (cols * rows * t * t if tiled else 0)
+
+
 def view_token_count(mode="base", family: str = "ocr1") -> int:
     """LLM tokens of one global view plus the view separator: g·(g+1) + 1 with newlines (ocr1: tiny 73,
     small 111, base 273, large 421), g² + 1 without (ocr2: 257)."""
     m = get_mode(mode, family)
-    g = m.grid[1]
-    return g * (g + 1) + 1 if m.family == "ocr1" else g * g + 1
+    return layout_token_count(m.grid[1], 0, 1, 1, m.family)
 
 
 def gundam_token_count(cols: int, rows: int, family: str = "ocr1") -> int:
-    """LLM tokens of a Gundam image with a (cols, rows) tile grid ((1, 1): no tiles).
-
-    ocr1: (rows·10)·(cols·10 + 1) tile tokens (a newline after each row of the stitched tile grid)
-    + 273; ocr2: 144 per tile (no newlines) + 257.
-    """
+    """LLM tokens of a Gundam image with a (cols, rows) tile grid ((1, 1): no tiles): ocr1
+    (rows·10)·(cols·10 + 1) + 273 when tiled; ocr2 144 per tile + 257."""
     m = get_mode("gundam", family)
-    n = view_token_count(m)
-    if cols * rows > 1:
-        t = m.tile_grid
-        n += (rows * t) * (cols * t + 1) if m.family == "ocr1" else cols * rows * t * t
-    return n
+    return layout_token_count(m.grid[1], m.tile_grid, cols, rows, m.family)
 
 
 def vision_token_count(width: int, height: int, mode="base", max_tiles: Optional[int] = None,

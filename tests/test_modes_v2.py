@@ -10,8 +10,14 @@ import torch
 
 from deepencoder import modes
 from deepencoder.config import grid_sizes, token_grid
-from deepencoder.modes import (FAMILIES, choose_tile_grid, get_mode, gundam_token_count, tile_token_side,
-                               vision_token_count)
+from deepencoder.modes import (
+    FAMILIES,
+    choose_tile_grid,
+    get_mode,
+    gundam_token_count,
+    tile_token_side,
+    vision_token_count,
+)
 
 ALL_MODES = [(f, m) for f in FAMILIES for m in modes.FAMILY_MODES[f]]
 
@@ -96,6 +102,31 @@ def test_v2_token_counts_for_every_tile_count():
     assert [gundam_token_count(p, 1, "ocr2") for p in range(1, 7)] == [257, 545, 689, 833, 977, 1121]
     assert gundam_token_count(2, 3, "ocr2") == gundam_token_count(3, 2, "ocr2") == 1121  # no newlines
     assert gundam_token_count(2, 3, "ocr1") == 903 and gundam_token_count(3, 2, "ocr1") == 893
+
+
+def built_layout(g, t, cols, rows, family):
+    """The LLM token sequence spelled out as upstream assembles it, as a list of labels."""
+    seq = []
+    if cols * rows > 1:
+        if family == "ocr1":  # tiles stitched into one (rows*t) x (cols*t) grid, a newline after each row
+            for _ in range(rows * t):
+                seq += ["tile"] * (cols * t) + ["newline"]
+        else:  # each tile's t*t queries in crop order, no newlines
+            seq += ["tile"] * (cols * rows * t * t)
+    for _ in range(g):
+        seq += ["global"] * g + (["newline"] if family == "ocr1" else [])
+    return seq + ["separator"]
+
+
+def test_layout_formula_against_built_sequences():
+    for family in FAMILIES:
+        for g in (1, 4, 10, 16, 20):
+            for t in (2, 3, 10, 12):
+                for cols in range(1, 4):
+                    for rows in range(1, 4):
+                        expect = len(built_layout(g, t, cols, rows, family))
+                        assert modes.layout_token_count(g, t, cols, rows, family) == expect
+    assert modes.view_token_count("base", "ocr2") == 257 and modes.view_token_count("large") == 421
 
 
 def test_mode_fields():

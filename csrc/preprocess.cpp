@@ -21,6 +21,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -105,17 +106,21 @@ std::pair<int, int> tile_grid(int64_t width, int64_t height, int max_num, int ti
   const double area = static_cast<double>(width) * static_cast<double>(height);
   double best_diff = INFINITY;
   std::pair<int, int> best{1, 1};
-  for (int prod = min_num; prod <= max_num; ++prod) {
-    for (int i = 1; i <= prod; ++i) {
-      if (prod % i) continue;
-      const int j = prod / i;
-      const double diff = std::fabs(aspect - static_cast<double>(i) / j);
-      if (diff < best_diff) {
-        best_diff = diff;
-        best = {i, j};
-      } else if (diff == best_diff && area > 0.5 * tile * tile * i * j) {
-        best = {i, j};
-      }
+  // Every (i, j) with min_num <= i*j <= max_num, O(max log max), visited by (i*j, i).
+  std::vector<std::pair<int, int>> cands;
+  for (int i = 1; i <= max_num; ++i)
+    for (int j = std::max(1, (min_num + i - 1) / i); j <= max_num / i; ++j) cands.push_back({i, j});
+  std::sort(cands.begin(), cands.end(), [](const std::pair<int, int>& a, const std::pair<int, int>& b) {
+    const int64_t pa = int64_t(a.first) * a.second, pb = int64_t(b.first) * b.second;
+    return pa != pb ? pa < pb : a.first < b.first;
+  });
+  for (const auto& [i, j] : cands) {
+    const double diff = std::fabs(aspect - static_cast<double>(i) / j);
+    if (diff < best_diff) {
+      best_diff = diff;
+      best = {i, j};
+    } else if (diff == best_diff && area > 0.5 * tile * tile * i * j) {
+      best = {i, j};
     }
   }
   return best;
@@ -529,9 +534,17 @@ struct CoeffCache {
   }
 };
 
-// The family's Gundam MAX when None, else a checked value.
+// The family's Gundam MAX when None, else a checked value. The Python side applies the configurable
+// policy limit (modes.max_tiles_limit); this ceiling only keeps direct calls from building huge tables.
+constexpr int kMaxTilesCeiling = 4096;
+
 int resolve_max_tiles(const py::object& max_tiles, const ModeSpec& gundam) {
   if (max_tiles.is_none()) return gundam.max_tiles;
+  if (!py::isinstance<py::int_>(max_tiles) || py::isinstance<py::bool_>(max_tiles))
+    throw py::type_error("max_tiles must be an integer or None, got " + py::repr(max_tiles).cast<std::string>());
+  if (max_tiles > py::int_(kMaxTilesCeiling))  // compared as Python ints: no overflow on the cast below
+    throw py::value_error("max_tiles must be <= " + std::to_string(kMaxTilesCeiling) + ", got " +
+                          py::repr(max_tiles).cast<std::string>());
   const int v = max_tiles.cast<int>();
   if (v < gundam.min_tiles)
     throw py::value_error("max_tiles must be >= " + std::to_string(gundam.min_tiles) + ", got " + std::to_string(v));

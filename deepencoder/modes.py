@@ -22,6 +22,7 @@ Facts, from upstream's ``process/image_process.py`` (``count_tiles``, ``find_clo
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -114,9 +115,32 @@ def _check_int(v, what: str, lo: int) -> int:
     return int(v)
 
 
+def max_tiles_limit() -> int:
+    """Largest Gundam MAX accepted: 36 (a 6×6 grid, 4× upstream's largest default), or the value of the
+    environment variable DEEPENCODER_MAX_TILES_LIMIT. Bounds the views' memory (36 tiles of 768² are
+    255 MB in float32) and the encoder's work for one image."""
+    env = os.environ.get("DEEPENCODER_MAX_TILES_LIMIT")
+    if env is None:
+        return 36
+    try:
+        return max(1, int(env))
+    except ValueError:
+        raise ValueError(f"DEEPENCODER_MAX_TILES_LIMIT must be an integer, got {env!r}") from None
+
+
+def _check_max_tiles(v, lo: int) -> int:
+    v = _check_int(v, "max tiles", lo)
+    limit = max_tiles_limit()
+    if v > limit:
+        raise ValueError(f"max tiles {v} exceeds the limit of {limit} tiles per image "
+                         "(set DEEPENCODER_MAX_TILES_LIMIT to raise it)")
+    return v
+
+
 def resolve_max_tiles(mode: Mode, max_tiles: Optional[int]) -> int:
-    """The Gundam MAX to use: the mode's family default for None, else a checked integer ≥ the MIN."""
-    return mode.max_tiles if max_tiles is None else _check_int(max_tiles, "max tiles", mode.min_tiles)
+    """The Gundam MAX to use: the mode's family default for None, else a checked integer between the MIN
+    and :func:`max_tiles_limit`."""
+    return mode.max_tiles if max_tiles is None else _check_max_tiles(max_tiles, mode.min_tiles)
 
 
 def _check_size(width, height) -> Tuple[int, int]:
@@ -129,17 +153,18 @@ def _check_size(width, height) -> Tuple[int, int]:
 
 def candidate_grids(max_num: int = DEFAULT_MAX_TILES, min_num: int = MIN_TILES) -> List[Tuple[int, int]]:
     """Candidate (across, down) grids in upstream's visiting order (set, then stable sort by i*j)."""
-    max_num = _check_int(max_num, "max tiles", 1)
+    max_num = _check_max_tiles(max_num, 1)
     min_num = _check_int(min_num, "min tiles", 1)
     if max_num < min_num:
         raise ValueError(f"max tiles {max_num} is below the minimum {min_num}")
-    target = set(
-        (i, j)
-        for n in range(min_num, max_num + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if min_num <= i * j <= max_num
-    )
+    # Upstream's set comes from a cubic comprehension (n in [min, max], i and j in [1, n]). A set's
+    # iteration order depends only on the order in which new elements arrive, and (i, j) first arrives
+    # at n = max(i, j, min), then in (i, j) order: inserting the pairs in that order gives the same set,
+    # iteration order included, in O(max log max), so a huge max_num cannot hang here.
+    pairs = [(i, j) for i in range(1, max_num + 1) for j in range(max(1, -(-min_num // i)), max_num // i + 1)]
+    target = set()
+    for p in sorted(pairs, key=lambda x: (max(x[0], x[1], min_num), x)):
+        target.add(p)
     return sorted(target, key=lambda x: x[0] * x[1])
 
 

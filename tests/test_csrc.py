@@ -343,6 +343,8 @@ G = torch.empty(3, 1024, 1024)
      "unknown mode 'tiny' for model family 'ocr2': choose one of gundam, base"),
     (([A], ["base"], None, [G], [None], None, 1, "ocr3"), ValueError, "unknown model family 'ocr3'"),
     (([A], ["base"], 1, [G], [None], None, 1, "ocr2"), ValueError, "max_tiles must be >= 2"),
+    (([A], ["base"], 2.5, [G], [None]), TypeError, "max_tiles must be an integer or None"),
+    (([A], ["base"], 10**30, [G], [None]), ValueError, "max_tiles must be <= 4096"),
     (([np.zeros((700, 1400, 3), np.uint8)], ["gundam"], None, [G], [torch.empty(2, 3, 640, 640)], None, 1,
       "ocr2"), ValueError, r"expected shape \(2, 3, 768, 768\)"),
     (([A, A], ["base"], 9, [G], [None]), ValueError, "same length"),

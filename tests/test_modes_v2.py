@@ -188,3 +188,33 @@ def test_mode_not_in_family_and_unknown_family():
         choose_tile_grid(1000, 1000, family=None)
     with pytest.raises(ValueError, match="unknown mode 'huge' for model family 'ocr1'"):
         get_mode("huge")
+
+
+def upstream_candidates(min_num, max_num):
+    """Upstream's literal comprehension (image_process.py ``count_tiles``), visiting order included."""
+    target = set((i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+                 if i * j <= max_num and i * j >= min_num)
+    return sorted(target, key=lambda x: x[0] * x[1])
+
+
+def test_candidate_order_equals_upstream_comprehension():
+    for min_num in (1, 2, 3):
+        for max_num in range(min_num, 37):
+            assert modes.candidate_grids(max_num, min_num) == upstream_candidates(min_num, max_num), (min_num, max_num)
+
+
+def test_max_tiles_limit(monkeypatch):
+    monkeypatch.delenv("DEEPENCODER_MAX_TILES_LIMIT", raising=False)
+    assert modes.max_tiles_limit() == 36
+    assert choose_tile_grid(40000, 1000, 36) == (36, 1)
+    for fam in FAMILIES:
+        with pytest.raises(ValueError, match=r"max tiles 37 exceeds the limit of 36 .*DEEPENCODER_MAX_TILES_LIMIT"):
+            vision_token_count(1000, 1000, "gundam", 37, family=fam)
+        with pytest.raises(ValueError, match="exceeds the limit"):
+            choose_tile_grid(1000, 1000, 10**9, family=fam)
+    monkeypatch.setenv("DEEPENCODER_MAX_TILES_LIMIT", "100")
+    assert choose_tile_grid(100000, 1000, 100, family="ocr2") == (100, 1)
+    assert vision_token_count(100000, 1000, "gundam", 100, family="ocr2") == 100 * 144 + 257
+    monkeypatch.setenv("DEEPENCODER_MAX_TILES_LIMIT", "many")
+    with pytest.raises(ValueError, match="DEEPENCODER_MAX_TILES_LIMIT must be an integer"):
+        choose_tile_grid(1000, 1000, 6)

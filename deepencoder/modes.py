@@ -57,8 +57,8 @@ class Mode:
 
     @property
     def tile_grid(self) -> int:
-        """Projected tokens per tile side (10 for ocr1, 12 for ocr2)."""
-        return tile_token_side(self.family)
+        """Projected tokens per tile side: token_grid(tile_size / 16) (640 → 10 for ocr1, 768 → 12 for ocr2)."""
+        return token_grid(self.tile_size // PATCH)
 
 
 MODES: Dict[str, Mode] = {  # ocr1, kept under this name for existing callers
@@ -74,7 +74,7 @@ MODES_V2: Dict[str, Mode] = {
     "base": Mode("base", 1024, crop=False, pad=True, **_V2),
 }
 FAMILY_MODES: Dict[str, Dict[str, Mode]] = {"ocr1": MODES, "ocr2": MODES_V2}
-DEFAULT_MODE = {"ocr1": "base", "ocr2": "gundam"}
+DEFAULT_MODE = {"ocr1": "base", "ocr2": "gundam"}  # ocr2: upstream's only mode
 
 TILE_SIZE = MODES["gundam"].tile_size  # ocr1 (640)
 DEFAULT_MAX_TILES = MODES["gundam"].max_tiles  # ocr1: Hugging Face remote code 9; the vLLM code uses 6
@@ -82,6 +82,7 @@ MIN_TILES = MODES["gundam"].min_tiles
 
 
 def check_family(family) -> str:
+    """``family`` normalised to one of :data:`FAMILIES`, or a one-line ValueError listing them."""
     if not isinstance(family, str) or family.lower() not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
     return family.lower()
@@ -100,8 +101,8 @@ def get_mode(mode, family: str = "ocr1") -> Mode:
 
 
 def tile_token_side(family: str = "ocr1") -> int:
-    """Projected tokens per side of one Gundam tile: token_grid(tile_size / 16) (640 → 10, 768 → 12)."""
-    return token_grid(FAMILY_MODES[check_family(family)]["gundam"].tile_size // PATCH)
+    """Projected tokens per side of one Gundam tile of ``family`` (ocr1 10, ocr2 12; ``Mode.tile_grid``)."""
+    return get_mode("gundam", family).tile_grid
 
 
 TILE_GRID = tile_token_side("ocr1")  # 10

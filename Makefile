@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   - create .venv, install, make a sample page, encode it in every mode, print the table
 #   make test   - create .venv, install, run the whole test suite (CPU; Triton kernels under the interpreter)
+# CI (.ci/run) also runs `make sanitize`: deepencoder._C rebuilt with ASan + UBSan in a temporary folder and
+# driven through every mode of both families (minutes on a busy machine; its own step with its own limit).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -3,16 +3,19 @@
 * ``kernels/`` ships as ``deepencoder.kernels`` (never as a top-level ``kernels``: a PyPI package owns
   that name and transformers imports it).
 * ``bench/`` ships as ``deepencoder.bench`` so ``deepencoder bench`` works from an installed wheel.
-* ``csrc/*.cpp`` builds into ``deepencoder._C`` with pybind11. The build is optional: when no compiler
-  is present or it fails, the package installs without it and falls back to the Python preprocessing
-  path (with a visible notice at import time).
+* ``csrc/*.cpp`` builds into ``deepencoder._C`` with pybind11. A failed build fails the install, so a
+  broken C++ engine can never hide behind the Python fallback; on a machine without a C++ compiler,
+  ``DEEPENCODER_NO_EXT=1`` installs without it (preprocessing then runs on the Python path, and the
+  test suite must be run with the same variable, see ``tests/test_preprocess.py``).
+* ``deepencoder/optical/fonts`` (no ``__init__.py``: data only) is listed as a package so setuptools
+  ships its files as package data without a warning.
 """
 
 import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,7 +30,9 @@ def _mapped():
 
 
 def _packages():
-    pkgs = ["deepencoder"] + ["deepencoder." + p for p in find_packages("deepencoder")]
+    # data-only folders (the renderer's fonts) are namespace packages: listing them is how setuptools
+    # wants package data in a folder without __init__.py
+    pkgs = ["deepencoder"] + ["deepencoder." + p for p in find_namespace_packages("deepencoder", exclude=["*__pycache__*"])]
     for name, src in _mapped():
         pkgs += [name] + [name + "." + p for p in find_packages(src)]
     return pkgs
@@ -42,33 +47,30 @@ def _package_dir():
     return d
 
 
-class OptionalBuildExt(build_ext):
-    """Builds the C++ extension if it can; never fails the install because of it."""
-
-    def run(self):
-        try:
-            super().run()
-        except Exception as e:  # noqa: BLE001 - any build failure falls back to Python
-            print(f"WARNING: deepencoder._C was not built ({e}); the Python preprocessing path will be used.",
-                  file=sys.stderr)
+class BuildExt(build_ext):
+    """Builds the C++ extension; a failure fails the install with a line saying how to opt out."""
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as e:  # noqa: BLE001
-            print(f"WARNING: building {ext.name} failed ({e}); the Python preprocessing path will be used.",
-                  file=sys.stderr)
+        except Exception as e:
+            print(f"ERROR: building {ext.name} failed ({e}). Install a C++17 compiler, or set "
+                  "DEEPENCODER_NO_EXT=1 to install without it (slower Python preprocessing).", file=sys.stderr)
+            raise
 
 
 def _ext_modules():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    if not sources or os.environ.get("DEEPENCODER_NO_EXT") == "1":
+    if os.environ.get("DEEPENCODER_NO_EXT") == "1":
+        print("NOTE: DEEPENCODER_NO_EXT=1: deepencoder._C is not built.", file=sys.stderr)
         return []
+    if not sources:
+        sys.exit("ERROR: csrc/*.cpp not found; set DEEPENCODER_NO_EXT=1 to install without deepencoder._C")
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
-        print("WARNING: pybind11 is missing; deepencoder._C will not be built.", file=sys.stderr)
-        return []
+        sys.exit("ERROR: pybind11 is missing (a build requirement in pyproject.toml); install it, or set "
+                 "DEEPENCODER_NO_EXT=1 to install without deepencoder._C")
     extra_compile = ["-O3", "-std=c++17", "-pthread"]
     extra_link = ["-pthread"]
     if os.environ.get("DEEPENCODER_SANITIZE") == "1":
@@ -82,9 +84,9 @@ def _ext_modules():
 setup(
     packages=_packages(),
     package_dir=_package_dir(),
-    package_data={"deepencoder.optical": ["fonts/*.ttf", "fonts/*.txt"],
+    package_data={"deepencoder.optical.fonts": ["*.ttf", "*.txt"],
                   "deepencoder.bench": ["schema.json", "gpu_suite.sh"]},
     ext_modules=_ext_modules(),
-    cmdclass={"build_ext": OptionalBuildExt},
+    cmdclass={"build_ext": BuildExt},
     zip_safe=False,
 )

@@ -1,12 +1,15 @@
-// deepencoder._C: DeepSeek-OCR image preprocessing on the host, multi-threaded, GIL released.
+// deepencoder._C: DeepSeek-OCR / DeepSeek-OCR 2 image preprocessing on the host, multi-threaded, GIL
+// released.
 //
 // For each image (uint8 or uint16 HxW / HxWxC numpy array, C in {1, 3, 4}, any strides) and mode, it
 // writes the normalised CHW pixels of every view into caller-provided buffers (numpy float32/float16,
 // or torch float32/bfloat16/float16 CPU tensors, C-contiguous):
 //   tiny/small:  plain resize to S x S (PIL BICUBIC with antialiasing; see resample.h);
 //   base/large:  ImageOps.pad: aspect-preserving fit into S x S, centred on fill 127;
-//   gundam:      the base view, plus, for images larger than 640 on a side, a (cols, rows) grid: the
-//                image resized to (640 cols, 640 rows) and cut into 640 x 640 tiles, row-major.
+//   gundam:      the 1024 padded view, plus, for images larger than the tile T on a side, a (cols, rows)
+//                grid: the image resized to (T cols, T rows) and cut into T x T tiles, row-major.
+// Family "ocr1" (DeepSeek-OCR): all five modes, T = 640, MAX 9 by default. Family "ocr2" (DeepSeek-OCR 2):
+// gundam and base (the padded 1024 view alone), T = 768, MAX 6 by default.
 // Input conventions match deepencoder/preprocess.py: a 4th channel (alpha) is dropped as
 // PIL's convert("RGB") does; one channel is grey (replicated to RGB); 16-bit values v become
 // round(v / 257) = (v + 128) / 257.
@@ -18,6 +21,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -35,7 +39,6 @@ using namespace deepencoder;
 
 namespace {
 
-constexpr int kTile = 640;
 constexpr int kFill = 127;  // upstream: int(0.5 * 255)
 
 bool g_use_simd = cpu_has_avx2();
@@ -43,56 +46,81 @@ bool g_pillow13_order = true;  // pass order of Pillow >= 13; the Python side pr
 
 
 // ---------------------------------------------------------------------------------------------------
-// Modes and geometry (mirrors deepencoder/modes.py).
+// Families, modes and geometry (mirrors deepencoder/modes.py).
 
 struct ModeSpec {
+  const char* family;
   const char* name;
   int size;
   bool pad;
   bool crop;
+  int tile, min_tiles, max_tiles;  // Gundam tile side and default tile-count bounds of the family
 };
 
 const ModeSpec kModes[] = {
-    {"tiny", 512, false, false},
-    {"small", 640, false, false},
-    {"base", 1024, true, false},
-    {"large", 1280, true, false},
-    {"gundam", 1024, true, true},
+    {"ocr1", "tiny", 512, false, false, 640, 2, 9},
+    {"ocr1", "small", 640, false, false, 640, 2, 9},
+    {"ocr1", "base", 1024, true, false, 640, 2, 9},
+    {"ocr1", "large", 1280, true, false, 640, 2, 9},
+    {"ocr1", "gundam", 1024, true, true, 640, 2, 9},
+    {"ocr2", "gundam", 1024, true, true, 768, 2, 6},
+    {"ocr2", "base", 1024, true, false, 768, 2, 6},
 };
 
-const ModeSpec& get_mode(const std::string& name) {
+std::string lower(const std::string& s) {
   std::string low;
-  for (char ch : name) low.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
-  for (const auto& m : kModes)
-    if (low == m.name) return m;
-  throw py::value_error("unknown mode '" + name + "': choose one of tiny, small, base, large, gundam");
+  for (char ch : s) low.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(ch))));
+  return low;
 }
 
-// Port of modes.choose_tile_grid. Candidates (i, j) with 2 <= i*j <= max_num in increasing i*j (i
+std::string check_family(const std::string& family) {
+  const std::string f = lower(family);
+  if (f != "ocr1" && f != "ocr2")
+    throw py::value_error("unknown model family '" + family + "': choose one of ocr1, ocr2");
+  return f;
+}
+
+const ModeSpec& get_mode(const std::string& name, const std::string& family) {
+  const std::string f = check_family(family), low = lower(name);
+  std::string names;
+  for (const auto& m : kModes) {
+    if (f != m.family) continue;
+    if (low == m.name) return m;
+    names += std::string(names.empty() ? "" : ", ") + m.name;
+  }
+  throw py::value_error("unknown mode '" + name + "' for model family '" + f + "': choose one of " + names);
+}
+
+// Port of modes.choose_tile_grid. Candidates (i, j) with min_num <= i*j <= max_num in increasing i*j (i
 // ascending within a product; Python's set order differs there, but no tie can be decided by it: two
 // grids with the same product always have a third candidate strictly between their ratios, except
 // (1, 2) and (2, 1), which both orders visit in the same order). Tested exhaustively against Python.
-std::pair<int, int> tile_grid(int64_t width, int64_t height, int max_num) {
+std::pair<int, int> tile_grid(int64_t width, int64_t height, int max_num, int tile, int min_num) {
   if (width <= 0 || height <= 0)
     throw py::value_error("image size must be positive, got " + std::to_string(width) + "x" +
                           std::to_string(height));
-  if (max_num < 2) throw py::value_error("max tiles " + std::to_string(max_num) + " is below the minimum 2");
-  if (width <= kTile && height <= kTile) return {1, 1};
+  if (max_num < min_num)
+    throw py::value_error("max tiles " + std::to_string(max_num) + " is below the minimum " + std::to_string(min_num));
+  if (width <= tile && height <= tile) return {1, 1};
   const double aspect = static_cast<double>(width) / static_cast<double>(height);
   const double area = static_cast<double>(width) * static_cast<double>(height);
   double best_diff = INFINITY;
   std::pair<int, int> best{1, 1};
-  for (int prod = 2; prod <= max_num; ++prod) {
-    for (int i = 1; i <= prod; ++i) {
-      if (prod % i) continue;
-      const int j = prod / i;
-      const double diff = std::fabs(aspect - static_cast<double>(i) / j);
-      if (diff < best_diff) {
-        best_diff = diff;
-        best = {i, j};
-      } else if (diff == best_diff && area > 0.5 * kTile * kTile * i * j) {
-        best = {i, j};
-      }
+  // Every (i, j) with min_num <= i*j <= max_num, O(max log max), visited by (i*j, i).
+  std::vector<std::pair<int, int>> cands;
+  for (int i = 1; i <= max_num; ++i)
+    for (int j = std::max(1, (min_num + i - 1) / i); j <= max_num / i; ++j) cands.push_back({i, j});
+  std::sort(cands.begin(), cands.end(), [](const std::pair<int, int>& a, const std::pair<int, int>& b) {
+    const int64_t pa = int64_t(a.first) * a.second, pb = int64_t(b.first) * b.second;
+    return pa != pb ? pa < pb : a.first < b.first;
+  });
+  for (const auto& [i, j] : cands) {
+    const double diff = std::fabs(aspect - static_cast<double>(i) / j);
+    if (diff < best_diff) {
+      best_diff = diff;
+      best = {i, j};
+    } else if (diff == best_diff && area > 0.5 * tile * tile * i * j) {
+      best = {i, j};
     }
   }
   return best;
@@ -190,13 +218,14 @@ struct OutBuf {
 };
 
 // One resized view placed on a canvas. Canvas = S x S for the global view (resized image at (px, py),
-// rest fill), or the resized image itself for Gundam tiles (cut into kTile x kTile pieces).
+// rest fill), or the resized image itself for Gundam tiles (cut into tile x tile pieces).
 struct View {
   const Source* src = nullptr;
   int rw = 0, rh = 0, px = 0, py = 0, canvas_w = 0, canvas_h = 0;
   bool tiled = false;
   bool vfirst = false;  // pass order, see vertical_first_pillow13
   int cols = 1;
+  int tile = 0;  // side of one Gundam tile (tiled views only)
   OutBuf out;
   std::shared_ptr<Coeffs> hc, vc;
 };
@@ -213,8 +242,9 @@ inline char* dst_ptr(const View& v, int ch, int64_t y, int64_t x) {
   if (!v.tiled) {
     off = (static_cast<int64_t>(ch) * v.canvas_h + y) * v.canvas_w + x;
   } else {
-    const int64_t tidx = (y / kTile) * v.cols + x / kTile;
-    off = ((tidx * 3 + ch) * kTile + y % kTile) * kTile + x % kTile;
+    const int64_t t = v.tile;
+    const int64_t tidx = (y / t) * v.cols + x / t;
+    off = ((tidx * 3 + ch) * t + y % t) * t + x % t;
   }
   return v.out.ptr + off * static_cast<int64_t>(es);
 }
@@ -229,7 +259,7 @@ void fill_span(const View& v, int64_t y, int64_t x0, int64_t n) {
 template <class RowsOf>
 void emit_row(const View& v, int y, int nplanes, const int32_t* k, int cnt, RowsOf rows_of) {
   const size_t es = out_elem_size(v.out.kind);
-  const int seg = v.tiled ? kTile : v.rw;  // one segment per tile column
+  const int seg = v.tiled ? v.tile : v.rw;  // one segment per tile column
   for (int x0 = 0; x0 < v.rw; x0 += seg) {
     const int n = std::min(seg, v.rw - x0);
     for (int pl = 0; pl < nplanes; ++pl) {
@@ -504,17 +534,35 @@ struct CoeffCache {
   }
 };
 
-// preprocess_into(images, modes, max_tiles, global_outs, tile_outs, grids=None, threads=1) -> grids
-py::list preprocess_into(const py::sequence& images, const py::sequence& modes, int max_tiles,
+// The family's Gundam MAX when None, else a checked value. The Python side applies the configurable
+// policy limit (modes.max_tiles_limit); this ceiling only keeps direct calls from building huge tables.
+constexpr int kMaxTilesCeiling = 4096;
+
+int resolve_max_tiles(const py::object& max_tiles, const ModeSpec& gundam) {
+  if (max_tiles.is_none()) return gundam.max_tiles;
+  if (!py::isinstance<py::int_>(max_tiles) || py::isinstance<py::bool_>(max_tiles))
+    throw py::type_error("max_tiles must be an integer or None, got " + py::repr(max_tiles).cast<std::string>());
+  if (max_tiles > py::int_(kMaxTilesCeiling))  // compared as Python ints: no overflow on the cast below
+    throw py::value_error("max_tiles must be <= " + std::to_string(kMaxTilesCeiling) + ", got " +
+                          py::repr(max_tiles).cast<std::string>());
+  const int v = max_tiles.cast<int>();
+  if (v < gundam.min_tiles)
+    throw py::value_error("max_tiles must be >= " + std::to_string(gundam.min_tiles) + ", got " + std::to_string(v));
+  return v;
+}
+
+// preprocess_into(images, modes, max_tiles, global_outs, tile_outs, grids=None, threads=1, family="ocr1")
+// -> grids
+py::list preprocess_into(const py::sequence& images, const py::sequence& modes, const py::object& max_tiles_obj,
                          const py::sequence& global_outs, const py::sequence& tile_outs,
-                         const py::object& grids, int threads) {
+                         const py::object& grids, int threads, const std::string& family) {
   const size_t n = py::len(images);
   if (py::len(modes) != n || py::len(global_outs) != n || py::len(tile_outs) != n)
     throw py::value_error("images, modes, global_outs and tile_outs must have the same length");
   if (!grids.is_none() && py::len(grids) != n)
     throw py::value_error("grids must be None or have one entry per image");
   if (threads < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(threads));
-  if (max_tiles < 2) throw py::value_error("max_tiles must be >= 2, got " + std::to_string(max_tiles));
+  const int max_tiles = resolve_max_tiles(max_tiles_obj, get_mode("gundam", family));
 
   std::vector<Source> sources(n);
   std::vector<py::object> keep;  // keeps arrays alive while the GIL is released
@@ -527,10 +575,10 @@ py::list preprocess_into(const py::sequence& images, const py::sequence& modes, 
     keep.push_back(img);
     sources[i] = make_source(img, i);
     const Source& s = sources[i];
-    const ModeSpec& m = get_mode(py::str(modes[i]).cast<std::string>());
+    const ModeSpec& m = get_mode(py::str(modes[i]).cast<std::string>(), family);
     std::pair<int, int> grid{1, 1};
     if (m.crop) {
-      grid = tile_grid(s.w, s.h, max_tiles);
+      grid = tile_grid(s.w, s.h, max_tiles, m.tile, m.min_tiles);
       if (!grids.is_none()) {
         auto g = py::cast<std::pair<int, int>>(py::sequence(grids)[i]);
         if (g.first < 1 || g.second < 1 || g.first * g.second > max_tiles ||
@@ -568,11 +616,12 @@ py::list preprocess_into(const py::sequence& images, const py::sequence& modes, 
                               " tiles but no buffer was given");
       View tv;
       tv.src = &sources[i];
-      tv.rw = tv.canvas_w = kTile * grid.first;
-      tv.rh = tv.canvas_h = kTile * grid.second;
+      tv.rw = tv.canvas_w = m.tile * grid.first;
+      tv.rh = tv.canvas_h = m.tile * grid.second;
       tv.tiled = true;
       tv.cols = grid.first;
-      tv.out = make_out(tout, {ntiles, 3, kTile, kTile}, "tile_outs[" + std::to_string(i) + "]");
+      tv.tile = m.tile;
+      tv.out = make_out(tout, {ntiles, 3, m.tile, m.tile}, "tile_outs[" + std::to_string(i) + "]");
       tv.hc = cache.get(s.w, tv.rw);
       tv.vc = cache.get(s.h, tv.rh);
       tv.vfirst = pass_vertical_first(s, tv.rw, tv.rh);
@@ -637,11 +686,16 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "deepencoder host engine: Pillow-exact bicubic resize, pad, Gundam tiling, normalisation";
   m.def("preprocess_into", &preprocess_into, py::arg("images"), py::arg("modes"), py::arg("max_tiles"),
         py::arg("global_outs"), py::arg("tile_outs"), py::arg("grids") = py::none(), py::arg("threads") = 1,
+        py::arg("family") = "ocr1",
         "Write every view of every image into the given buffers; returns the (cols, rows) grids.\n"
-        "global_outs[i]: [3, S, S]; tile_outs[i]: [cols*rows, 3, 640, 640] or None when untiled.\n"
+        "global_outs[i]: [3, S, S]; tile_outs[i]: [cols*rows, 3, T, T] (T = 640 ocr1, 768 ocr2) or None\n"
+        "when untiled. max_tiles None: the family's default (ocr1 9, ocr2 6).\n"
         "Buffers: numpy float32/float16 or torch float32/bfloat16/float16 CPU tensors, C-contiguous.");
-  m.def("tile_grid", &tile_grid, py::arg("width"), py::arg("height"), py::arg("max_tiles") = 9,
-        "Gundam (cols, rows); (1, 1) when the image fits in one 640 tile. Same rule as modes.choose_tile_grid.");
+  m.def("tile_grid", [](int64_t w, int64_t h, const py::object& max_tiles, const std::string& family) {
+          const ModeSpec& g = get_mode("gundam", family);
+          return tile_grid(w, h, resolve_max_tiles(max_tiles, g), g.tile, g.min_tiles);
+        }, py::arg("width"), py::arg("height"), py::arg("max_tiles") = py::none(), py::arg("family") = "ocr1",
+        "Gundam (cols, rows); (1, 1) when the image fits in one tile. Same rule as modes.choose_tile_grid.");
   m.def("pad_geometry", [](int64_t w, int64_t h, int S) {
           int rw, rh, px, py;
           if (w <= 0 || h <= 0) throw py::value_error("image size must be positive");

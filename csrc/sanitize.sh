@@ -2,9 +2,14 @@
 # Build deepencoder._C with AddressSanitizer + UndefinedBehaviorSanitizer into a temporary directory
 # (the normal in-place build is never touched) and run csrc/sanitize_driver.py against it.
 # Usage: bash csrc/sanitize.sh [PYTHON]     Exit status: 0 clean, non-zero on a build failure,
-# a failed check, or any sanitizer report.
+# a failed check, or any sanitizer report. Run by `make sanitize` (its own CI step in .ci/run, with its
+# own time limit: the instrumented build takes minutes on a busy machine, and no test verdict waits on it).
 set -euo pipefail
 PY=${1:-python3}
+if [[ "${DEEPENCODER_NO_EXT:-}" == "1" ]]; then
+    echo "sanitize: skipped (DEEPENCODER_NO_EXT=1: no C++ extension on this machine)"
+    exit 0
+fi
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CXX_BIN=${CXX:-g++}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/deepencoder-sanitize.XXXXXX")
@@ -12,11 +17,11 @@ trap 'rm -rf "$TMP"' EXIT
 cd "$ROOT"
 
 echo "sanitize: building deepencoder._C with -fsanitize=address,undefined in $TMP"
-# setup.py's OptionalBuildExt never fails the build, so the .so's presence is the check.
+build_rc=0
 DEEPENCODER_SANITIZE=1 "$PY" setup.py -q build_ext --build-lib "$TMP/lib" --build-temp "$TMP/build" \
-    >"$TMP/build.log" 2>&1 || true
+    >"$TMP/build.log" 2>&1 || build_rc=$?
 SO=$(ls "$TMP"/lib/deepencoder/_C*.so 2>/dev/null | head -n1 || true)
-if [[ -z "$SO" ]]; then
+if [[ $build_rc -ne 0 || -z "$SO" ]]; then
     cat "$TMP/build.log" >&2
     echo "sanitize: FAILED to build the sanitized extension" >&2
     exit 2

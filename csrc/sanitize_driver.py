@@ -1,5 +1,6 @@
-"""Exercise a (sanitizer-instrumented) deepencoder._C build: every mode, channel count, bit depth, stride
-pattern, thread count and kernel set, plus the error paths; check the pixels against PIL.
+"""Exercise a (sanitizer-instrumented) deepencoder._C build: every mode of both model families, channel
+count, bit depth, stride pattern, thread count and kernel set, plus the error paths; check the pixels
+against PIL.
 
 Usage: python csrc/sanitize_driver.py PATH/TO/_C.so   (run by csrc/sanitize.sh under LD_PRELOAD=libasan)
 
@@ -7,9 +8,11 @@ Only numpy and PIL are imported (no torch: it is slow to load under ASan); bfloa
 through a duck-typed stand-in for a torch tensor.
 """
 
+import importlib
 import importlib.util
 import os
 import sys
+import types
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,9 +29,12 @@ def _load(name, path):
 
 
 C = _load("_C", sys.argv[1])
-modes = _load("de_modes", os.path.join(ROOT, "deepencoder", "modes.py"))
-
-SIZES = {"tiny": 512, "small": 640, "base": 1024, "large": 1280, "gundam": 1024}
+# deepencoder.modes (and the deepencoder.config it imports) without deepencoder/__init__.py, which
+# imports torch: a bare package object pointing at the source folder
+_pkg = types.ModuleType("deepencoder")
+_pkg.__path__ = [os.path.join(ROOT, "deepencoder")]
+sys.modules["deepencoder"] = _pkg
+modes = importlib.import_module("deepencoder.modes")
 
 
 class FakeBF16:
@@ -61,16 +67,16 @@ def rgb8(a):
     return np.ascontiguousarray(a[:, :, :3])
 
 
-def reference(a, mode, max_tiles):
+def reference(a, m, max_tiles):
     im = Image.fromarray(rgb8(a), "RGB")
-    S = SIZES[mode]
-    g = ImageOps.pad(im, (S, S), color=(127, 127, 127)) if mode in ("base", "large", "gundam") else im.resize((S, S))
+    S, T = m.base_size, m.tile_size
+    g = ImageOps.pad(im, (S, S), color=(127, 127, 127)) if m.pad else im.resize((S, S))
     tiles = None
-    if mode == "gundam":
-        cols, rows = modes.choose_tile_grid(im.width, im.height, max_tiles)
+    if m.crop:
+        cols, rows = modes.choose_tile_grid(im.width, im.height, max_tiles, family=m.family)
         if cols * rows > 1:
-            r = np.asarray(im.resize((640 * cols, 640 * rows)))
-            tiles = r.reshape(rows, 640, cols, 640, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, 640, 640)
+            r = np.asarray(im.resize((T * cols, T * rows)))
+            tiles = r.reshape(rows, T, cols, T, 3).transpose(0, 2, 4, 1, 3).reshape(-1, 3, T, T)
     return np.asarray(g).transpose(2, 0, 1), tiles
 
 
@@ -79,10 +85,11 @@ F16 = np.array(C.norm_table("float16"), np.uint16).view(np.float16)
 BF16 = np.array(C.norm_table("bfloat16"), np.uint16)
 
 
-def run_case(a, mode, max_tiles=9, threads=1, kind="f32"):
+def run_case(a, mode, max_tiles=9, threads=1, kind="f32", family="ocr1"):
     h, w = a.shape[:2]
-    S = SIZES[mode]
-    grid = modes.choose_tile_grid(w, h, max_tiles) if mode == "gundam" else (1, 1)
+    m = modes.get_mode(mode, family)
+    S, T = m.base_size, m.tile_size
+    grid = modes.choose_tile_grid(w, h, max_tiles, family=family) if m.crop else (1, 1)
     n = grid[0] * grid[1]
 
     def make(shape):
@@ -93,10 +100,10 @@ def run_case(a, mode, max_tiles=9, threads=1, kind="f32"):
         return FakeBF16(shape)
 
     g = make((3, S, S))
-    t = make((n, 3, 640, 640)) if n > 1 else None
-    got = C.preprocess_into([a], [mode], max_tiles, [g], [t], None, threads)
+    t = make((n, 3, T, T)) if n > 1 else None
+    got = C.preprocess_into([a], [mode], max_tiles, [g], [t], None, threads, family=family)
     assert tuple(got[0]) == tuple(grid), (got, grid)
-    rg, rt = reference(a, mode, max_tiles)
+    rg, rt = reference(a, m, max_tiles)
     table = {"f32": F32, "f16": F16, "bf16": BF16}[kind]
     gb = g.buf if kind == "bf16" else g
     assert np.array_equal(gb, table[rg]), f"global view differs: {a.shape} {a.dtype} {mode} {kind}"
@@ -140,6 +147,12 @@ def main():
         run_case(big[::-1, ::2], "gundam", threads=3)
         run_case(big[:, ::-1, :], "base", threads=2, kind="bf16")
         n += 2
+        # DeepSeek-OCR 2: 768 tiles (MAX 6 by default), the padded 1024 view, the <= 768 gate
+        for i, (h, w) in enumerate([(1, 1), (768, 769), (616, 770), (5, 1600), (1300, 900), (768, 768)]):
+            a = rng.integers(0, 256, (h, w, 3) if i % 2 else (h, w), dtype=np.uint8)
+            run_case(a[::-1] if i % 3 == 1 else a, ["gundam", "base"][i % 5 == 4], max_tiles=[None, 2][i % 4 == 3],
+                     threads=1 + i % 3, kind=["f32", "f16", "bf16"][(i + simd) % 3], family="ocr2")
+            n += 1
 
     # error paths: each must raise, never crash
     a = np.zeros((10, 10, 3), np.uint8)
@@ -160,6 +173,10 @@ def main():
     expect(ValueError, C.preprocess_into, [np.zeros((700, 1400, 3), np.uint8)], ["gundam"], 9, [g], [None], None, 1)
     expect(TypeError, C.preprocess_into, ["not an array"], ["base"], 9, [g], [None], None, 1)
     expect(ValueError, C.preprocess_into, [a], ["base"], 9, [g], [None], None, 0)
+    expect(ValueError, C.preprocess_into, [a], ["tiny"], None, [g], [None], None, 1, "ocr2")
+    expect(ValueError, C.preprocess_into, [a], ["base"], None, [g], [None], None, 1, "ocr3")
+    expect(ValueError, C.preprocess_into, [np.zeros((700, 1400, 3), np.uint8)], ["gundam"], None, [g],
+           [np.zeros((2, 3, 640, 640), np.float32)], None, 1, "ocr2")
     print(f"sanitize_driver: {n} cases + error paths OK")
 
 

@@ -217,7 +217,7 @@ def grid_sizes(image_size: int, patch_size: int = 16) -> Tuple[int, int]:
 
 
 def token_grid(G: int) -> int:
-    """Compressed token grid side for a SAM patch grid of side ``G``: two stride-2, pad-1, kernel-3 convs,
-    ``floor((G-1)/2)+1`` twice, i.e. ``ceil(G/4)``."""
-    g1 = (G - 1) // 2 + 1
-    return (g1 - 1) // 2 + 1
+    """Compressed token grid side g for a SAM patch grid side G: two stride-2, pad-1, kernel-3 convs,
+    floor((G-1)/2)+1 twice (PyTorch's conv arithmetic), i.e. ceil(G/4) (G=40 -> 10, 48 -> 12, 64 -> 16)."""
+    half = (G - 1) // 2 + 1  # after the first conv
+    return (half - 1) // 2 + 1

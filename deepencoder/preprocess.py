@@ -1,15 +1,20 @@
-"""Image preprocessing for DeepSeek-OCR's vision encoder: images → normalised views.
+"""Image preprocessing for DeepSeek-OCR's and DeepSeek-OCR 2's vision encoders: images → normalised views.
 
-Upstream (DeepSeek-OCR ``process/image_process.py``; the Hugging Face remote code is the same):
+Upstream (``process/image_process.py`` of DeepSeek-OCR and of DeepSeek-OCR 2; the Hugging Face remote
+code is the same):
 
 * load with PIL, ``ImageOps.exif_transpose``, ``.convert("RGB")``;
-* Tiny (512) / Small (640): ``image.resize((S, S))``, PIL's default BICUBIC with antialiasing, no crop;
-* Base (1024) / Large (1280): ``ImageOps.pad(image, (S, S), color=(127, 127, 127))``: aspect-preserving
-  fit (BICUBIC), centred on fill 127;
-* Gundam: the Base view as global view, and when the image is larger than 640 on some side a grid
-  ``(cols, rows) = modes.choose_tile_grid(w, h, max_tiles)``: ``image.resize((640 cols, 640 rows))`` cut
-  into 640×640 tiles, row-major;
-* ToTensor + Normalize(0.5, 0.5): ``(x / 255 - 0.5) / 0.5`` in float32, CHW, values in [-1, 1].
+* ocr1 Tiny (512) / Small (640): ``image.resize((S, S))``, PIL's default BICUBIC with antialiasing;
+* pad to square, ocr1 Base (1024) / Large (1280) and every global view of Gundam and of ocr2:
+  ``ImageOps.pad(image, (S, S), color=(127, 127, 127))``: aspect-preserving BICUBIC resize so the long
+  side is S (the short side ``round(short / long * S)``), pasted at ``round(0.5 * (S - short))`` on fill
+  127. Both families call exactly this (OCR-2's ``tokenize_with_images`` as OCR-1's), so it is one
+  function here (:func:`pad_square`) and one in the C++ engine;
+* Gundam tiles, when the image is larger than the tile T on some side (T = 640 for ocr1, 768 for ocr2):
+  ``(cols, rows) = modes.choose_tile_grid(w, h, max_tiles, family=...)``, ``image.resize((T cols,
+  T rows))`` (aspect not kept) cut into T×T tiles, row-major;
+* ToTensor + Normalize(0.5, 0.5): ``(x / 255 - 0.5) / 0.5`` in float32, CHW, values in [-1, 1] (the pad
+  value 127 becomes -1/255 = -0.00392).
 
 Two engines compute the same numbers:
 
@@ -45,11 +50,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .modes import TILE_SIZE, choose_tile_grid, get_mode
+from .modes import Mode, choose_tile_grid, get_mode, resolve_max_tiles
 from .views import Views  # noqa: F401  (re-exported: deepencoder.preprocess.Views)
 
 FILL = 127  # upstream: tuple(int(x * 255) for x in mean), mean = 0.5
 _CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPES = _CPP_DTYPES + (torch.float64,)
 _EXIF_ORIENTATION = 0x0112
 
 try:
@@ -212,19 +218,26 @@ def load_image(src) -> Image.Image:
 # Views
 
 
-def view_shapes(width: int, height: int, mode="base", max_tiles: int = 9):
-    """((3, S, S), (n, 3, 640, 640) or None, (cols, rows)) for an image of this size."""
-    m = get_mode(mode)
-    grid = choose_tile_grid(width, height, max_tiles) if m.crop else (1, 1)
+def view_shapes(width: int, height: int, mode="base", max_tiles: Optional[int] = None, family: str = "ocr1"):
+    """((3, S, S), (n, 3, T, T) or None, (cols, rows)) for an image of this size (T: the family's tile)."""
+    m = get_mode(mode, family)
+    max_tiles = resolve_max_tiles(m, max_tiles)
+    grid = choose_tile_grid(width, height, max_tiles, family=m.family) if m.crop else (1, 1)
     n = grid[0] * grid[1]
-    tiles = (n, 3, TILE_SIZE, TILE_SIZE) if n > 1 else None
+    tiles = (n, 3, m.tile_size, m.tile_size) if n > 1 else None
     return (3, m.base_size, m.base_size), tiles, grid
 
 
-def views_numel(width: int, height: int, mode="base", max_tiles: int = 9) -> int:
+def views_numel(width: int, height: int, mode="base", max_tiles: Optional[int] = None,
+                family: str = "ocr1") -> int:
     """Elements needed to hold all views of one image (for a reusable ``out`` buffer)."""
-    g, t, _ = view_shapes(width, height, mode, max_tiles)
+    g, t, _ = view_shapes(width, height, mode, max_tiles, family)
     return int(np.prod(g)) + (int(np.prod(t)) if t else 0)
+
+
+def pad_square(im: Image.Image, size: int) -> Image.Image:
+    """Upstream's global view (both families): ``ImageOps.pad`` to ``size``² on fill (127, 127, 127)."""
+    return ImageOps.pad(im, (size, size), color=(FILL, FILL, FILL))
 
 
 def _normalise(rgb: np.ndarray) -> torch.Tensor:
@@ -233,25 +246,21 @@ def _normalise(rgb: np.ndarray) -> torch.Tensor:
     return t.to(torch.float32).div(255).sub(0.5).div(0.5)
 
 
-def _preprocess_python(im: Image.Image, mode, max_tiles: int, dtype: torch.dtype) -> Views:
-    m = get_mode(mode)
+def _preprocess_python(im: Image.Image, m: Mode, max_tiles: int, dtype: torch.dtype) -> Views:
     w, h = im.size
-    S = m.base_size
-    if m.pad:
-        g = ImageOps.pad(im, (S, S), color=(FILL, FILL, FILL))
-    else:
-        g = im.resize((S, S))
+    S, T = m.base_size, m.tile_size
+    g = pad_square(im, S) if m.pad else im.resize((S, S))
     global_view = _normalise(np.asarray(g)).to(dtype)
     grid, tiles = (1, 1), None
     if m.crop:
-        grid = choose_tile_grid(w, h, max_tiles)
+        grid = choose_tile_grid(w, h, max_tiles, family=m.family)
         cols, rows = grid
         if cols * rows > 1:
-            resized = _normalise(np.asarray(im.resize((TILE_SIZE * cols, TILE_SIZE * rows))))
+            resized = _normalise(np.asarray(im.resize((T * cols, T * rows))))
             # [3, rows*T, cols*T] → [rows*cols, 3, T, T], row-major: the same pixels as upstream's crops
-            tiles = (resized.view(3, rows, TILE_SIZE, cols, TILE_SIZE).permute(1, 3, 0, 2, 4)
-                     .reshape(rows * cols, 3, TILE_SIZE, TILE_SIZE).to(dtype).contiguous())
-    return Views(global_view, tiles, grid, (w, h), m.name, max_tiles)
+            tiles = (resized.view(3, rows, T, cols, T).permute(1, 3, 0, 2, 4)
+                     .reshape(rows * cols, 3, T, T).to(dtype).contiguous())
+    return Views(global_view, tiles, grid, (w, h), m.name, max_tiles, m.family)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,30 +360,51 @@ def _run_cpp(arrs, ms, max_tiles, dtype, threads, out=None) -> List[Views]:
         raise TypeError(f"out buffers must be float32, bfloat16 or float16, got {dtype}")
     bufs = _alloc_views([(a.shape[1], a.shape[0]) for a in arrs], ms, max_tiles, work_dtype, out)
     _C.preprocess_into(arrs, [m.name for m in ms], max_tiles, [b[0] for b in bufs], [b[1] for b in bufs],
-                       [b[2] for b in bufs], threads)
+                       [b[2] for b in bufs], threads, family=ms[0].family if ms else "ocr1")
     res = []
     for a, m, (gv, tv, grid) in zip(arrs, ms, bufs):
         if work_dtype != dtype:
             gv = gv.to(dtype)
             tv = tv.to(dtype) if tv is not None else None
-        res.append(Views(gv, tv, grid, (a.shape[1], a.shape[0]), m.name, max_tiles))
+        res.append(Views(gv, tv, grid, (a.shape[1], a.shape[0]), m.name, max_tiles, m.family))
     return res
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or dtype not in _DTYPES:
+        raise TypeError(f"unsupported output dtype {dtype!r}: views are normalised floats, choose one of "
+                        "torch.float32, torch.bfloat16, torch.float16, torch.float64")
+    return dtype
+
+
+def _modes_for(modes, n: int, family: str) -> List[Mode]:
+    ms = [get_mode(modes, family)] * n if isinstance(modes, (str, Mode)) else [get_mode(x, family) for x in modes]
+    if len(ms) != n:
+        raise ValueError(f"{n} images but {len(ms)} modes")
+    fams = sorted({m.family for m in ms})
+    if len(fams) > 1:
+        raise ValueError(f"one batch holds one model family, got modes of {', '.join(fams)}")
+    return ms
 
 
 # ------------------------------------------------------------------------------------------------
 # Public API
 
 
-def preprocess(image, mode="base", max_tiles: int = 9, dtype: torch.dtype = torch.float32,
-               engine: str = "auto", threads: Optional[int] = None) -> Views:
+def preprocess(image, mode="base", max_tiles: Optional[int] = None, dtype: torch.dtype = torch.float32,
+               engine: str = "auto", threads: Optional[int] = None, family: str = "ocr1") -> Views:
     """One image → :class:`Views` (see the module docstring for the exact upstream semantics).
 
     image: path, bytes, PIL image or uint8/uint16 numpy array (see :func:`load_image`).
-    mode: tiny | small | base | large | gundam. max_tiles: Gundam grid limit (9 HF, 6 vLLM).
-    dtype: output dtype (float32, bfloat16, float16 are written directly by the C++ engine; others are
-    cast from float32). engine: auto | python | cpp. threads: C++ worker threads (default: all cores).
+    family: "ocr1" (DeepSeek-OCR) or "ocr2" (DeepSeek-OCR 2). mode: ocr1 tiny | small | base | large |
+    gundam; ocr2 gundam | base. max_tiles: Gundam grid MAX (None: the family's default, ocr1 9 as the
+    HF code (vLLM uses 6), ocr2 6). dtype: float32, bfloat16, float16 (written directly by the C++
+    engine) or float64 (cast from float32); anything else is refused. engine: auto | python | cpp.
+    threads: C++ worker threads (default: all cores).
     """
-    m = get_mode(mode)
+    m = get_mode(mode, family)
+    max_tiles = resolve_max_tiles(m, max_tiles)
+    dtype = _check_dtype(dtype)
     eng = _resolve_engine(engine)
     src = _to_source(image)
     if eng == "python":
@@ -383,19 +413,21 @@ def preprocess(image, mode="base", max_tiles: int = 9, dtype: torch.dtype = torc
     return _run_cpp([_source_array(src)], [m], max_tiles, dtype, t)[0]
 
 
-def preprocess_batch(images: Sequence, modes: Union[str, Sequence[str]] = "base", max_tiles: int = 9,
-                     dtype: torch.dtype = torch.float32, engine: str = "auto",
-                     threads: Optional[int] = None, out: Optional[torch.Tensor] = None) -> List[Views]:
+def preprocess_batch(images: Sequence, modes: Union[str, Sequence[str]] = "base",
+                     max_tiles: Optional[int] = None, dtype: torch.dtype = torch.float32, engine: str = "auto",
+                     threads: Optional[int] = None, out: Optional[torch.Tensor] = None,
+                     family: str = "ocr1") -> List[Views]:
     """Many images → list of :class:`Views`, in one multi-threaded C++ call (GIL released).
 
-    modes: one mode for all or one per image. out: optional 1-D contiguous CPU tensor of ``dtype``
-    (e.g. pinned, reused across batches) holding at least ``sum(views_numel(...))`` elements; the views
-    are carved from it in order (global view, then tiles, per image). The Python engine ignores threads.
+    modes: one mode for all or one per image, all of ``family``. out: optional 1-D contiguous CPU tensor
+    of ``dtype`` (e.g. pinned, reused across batches) holding at least ``sum(views_numel(...))`` elements;
+    the views are carved from it in order (global view, then tiles, per image). The Python engine ignores
+    threads. Other arguments as :func:`preprocess`.
     """
     images = list(images)
-    ms = [get_mode(modes)] * len(images) if isinstance(modes, str) else [get_mode(x) for x in modes]
-    if len(ms) != len(images):
-        raise ValueError(f"{len(images)} images but {len(ms)} modes")
+    ms = _modes_for(modes, len(images), family)
+    max_tiles = resolve_max_tiles(ms[0] if ms else get_mode("gundam", family), max_tiles)
+    dtype = _check_dtype(dtype)
     eng = _resolve_engine(engine)
     srcs = [_to_source(x) for x in images]
     if eng == "python":
@@ -431,7 +463,7 @@ def sample_page(width: int = 1240, height: int = 1754, seed: int = 0) -> np.ndar
 
 
 def benchmark_pages(engine: str = "cpp", mode: str = "base", threads: int = 1, n: int = 8,
-                    page: Optional[np.ndarray] = None, warmup: int = 1) -> float:
+                    page: Optional[np.ndarray] = None, warmup: int = 1, family: str = "ocr1") -> float:
     """Pages per second preprocessing a 1240×1754 page ``n`` times (one batch call for the C++ engine).
 
     For the Python engine every page goes through PIL (as a PIL image, as upstream sees it).
@@ -440,19 +472,19 @@ def benchmark_pages(engine: str = "cpp", mode: str = "base", threads: int = 1, n
     if engine == "python":
         im = Image.fromarray(page)
         for _ in range(warmup):
-            preprocess(im, mode, engine="python")
+            preprocess(im, mode, engine="python", family=family)
         t0 = time.perf_counter()
         for _ in range(n):
-            preprocess(im, mode, engine="python")
+            preprocess(im, mode, engine="python", family=family)
         return n / (time.perf_counter() - t0)
     pages = [page] * n
     for _ in range(warmup):
-        preprocess_batch(pages[:max(1, threads)], mode, engine=engine, threads=threads)
+        preprocess_batch(pages[:max(1, threads)], mode, engine=engine, threads=threads, family=family)
     t0 = time.perf_counter()
-    preprocess_batch(pages, mode, engine=engine, threads=threads)
+    preprocess_batch(pages, mode, engine=engine, threads=threads, family=family)
     return n / (time.perf_counter() - t0)
 
 
 __all__ = ["Views", "load_image", "preprocess", "preprocess_batch", "cpp_available", "cpp_unavailable_reason",
            "selected_engine",
-           "view_shapes", "views_numel", "benchmark_pages", "sample_page"]
+           "view_shapes", "views_numel", "pad_square", "benchmark_pages", "sample_page"]

@@ -18,11 +18,14 @@ from PIL import Image, ImageOps
 from deepencoder import modes
 from deepencoder import preprocess as P
 
-C = pytest.importorskip("deepencoder._C", reason="deepencoder._C not built (Python path only)")
+if not P.cpp_available():  # test_preprocess.py::test_cpp_extension_built_and_picked fails for this
+    pytest.skip(f"deepencoder._C not importable ({P.cpp_unavailable_reason()})", allow_module_level=True)
+C = P._C
 
 BOUND = 2 / 255 + 1e-6  # 1/255 before normalisation
 KERNELS = ["avx2", "scalar"] if C.simd() == "avx2" else ["scalar"]
 MODES = ["tiny", "small", "base", "large", "gundam"]
+MODES_V2 = ["gundam", "base"]
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -66,10 +69,10 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
 
-def assert_views_agree(a, mode, max_tiles=9, threads=1, bound=BOUND):
-    cpp = P.preprocess(a, mode, max_tiles=max_tiles, engine="cpp", threads=threads)
-    py = P.preprocess(a, mode, max_tiles=max_tiles, engine="python")
-    assert cpp.grid == py.grid and cpp.size == py.size
+def assert_views_agree(a, mode, max_tiles=9, threads=1, bound=BOUND, family="ocr1"):
+    cpp = P.preprocess(a, mode, max_tiles=max_tiles, engine="cpp", threads=threads, family=family)
+    py = P.preprocess(a, mode, max_tiles=max_tiles, engine="python", family=family)
+    assert cpp.grid == py.grid and cpp.size == py.size and cpp.family == py.family == family
     d = max_diff(cpp.global_view, py.global_view)
     assert d <= bound, f"global view: max |diff| {d} for {a.shape} {a.dtype} {mode}"
     assert (cpp.tiles is None) == (py.tiles is None)
@@ -98,6 +101,17 @@ def test_tile_grid_matches_modes_exhaustively():
         for w in sizes:
             for h in sizes:
                 assert C.tile_grid(w, h, max_tiles) == modes.choose_tile_grid(w, h, max_tiles), (w, h, max_tiles)
+
+
+def test_tile_grid_matches_modes_exhaustively_v2():
+    sizes = list(range(1, 3000, 53)) + [767, 768, 769, 770, 1536, 1537, 2304, 4000, 12000]
+    for max_tiles in (None, 2, 3, 4, 9):
+        for w in sizes:
+            for h in sizes:
+                assert C.tile_grid(w, h, max_tiles, "ocr2") == modes.choose_tile_grid(w, h, max_tiles, family="ocr2"), \
+                    (w, h, max_tiles)
+    assert C.tile_grid(770, 616, family="ocr2") == (2, 2) and C.tile_grid(4000, 3200, family="ocr2") == (3, 2)
+    assert C.tile_grid(1920, 1080, family="ocr2") == (2, 1) and C.tile_grid(1920, 1080) == (4, 2)
 
 
 @settings(max_examples=300, **SETTINGS)
@@ -168,6 +182,24 @@ def test_views_agree_property(h, w, c, dtype, mode, max_tiles, threads, kset):
         assert_views_agree(a, mode, max_tiles, threads)
 
 
+@settings(max_examples=12, **SETTINGS)
+@given(h=st.integers(1, 2400), w=st.integers(1, 2400), c=st.sampled_from([0, 3, 4]),
+       dtype=st.sampled_from([np.uint8, np.uint16]), mode=st.sampled_from(MODES_V2),
+       max_tiles=st.sampled_from([None, 6, 2]), threads=st.integers(1, 3), kset=st.sampled_from(KERNELS))
+@example(h=616, w=770, c=3, dtype=np.uint8, mode="gundam", max_tiles=None, threads=2, kset=KERNELS[0])
+@example(h=768, w=768, c=3, dtype=np.uint8, mode="gundam", max_tiles=None, threads=1, kset=KERNELS[-1])
+@example(h=768, w=769, c=0, dtype=np.uint8, mode="gundam", max_tiles=None, threads=3, kset=KERNELS[0])
+@example(h=10, w=3000, c=4, dtype=np.uint16, mode="gundam", max_tiles=None, threads=2, kset=KERNELS[0])
+@example(h=1754, w=1240, c=3, dtype=np.uint8, mode="gundam", max_tiles=None, threads=2, kset=KERNELS[-1])
+@example(h=1, w=1, c=3, dtype=np.uint8, mode="base", max_tiles=None, threads=1, kset=KERNELS[0])
+def test_views_agree_property_v2(h, w, c, dtype, mode, max_tiles, threads, kset):
+    """OCR-2 views (768 tiles, MAX 6, the padded 1024 view) bit-identical to the PIL path."""
+    a = smooth_img(h, w, c, seed=h * 7919 + w, dtype=dtype)
+    with kernel_set(kset):
+        d = assert_views_agree(a, mode, max_tiles, threads, family="ocr2")
+    assert d == 0.0 or platform.machine() not in ("x86_64", "AMD64")
+
+
 @pytest.mark.parametrize("hw,mode", [((9000, 9000), "gundam"), ((9000, 6000), "base")])
 def test_views_agree_huge(hw, mode):
     a = smooth_img(*hw, 3, seed=9)
@@ -182,12 +214,13 @@ def test_bit_exact_here(kernels):
         a = smooth_img(h, w, [0, 3, 4][i % 3], seed=i)
         assert assert_views_agree(a, MODES[i % 5], threads=1 + i % 2) == 0.0
     page = P.sample_page()
-    for mode in MODES:
+    for family, mode in [("ocr1", m) for m in MODES] + [("ocr2", m) for m in MODES_V2]:
+        p = P.preprocess(page, mode, engine="python", family=family)  # other dtypes: cast from float32
         for dt in (torch.float32, torch.bfloat16, torch.float16):
-            c = P.preprocess(page, mode, dtype=dt, engine="cpp")
-            p = P.preprocess(page, mode, dtype=dt, engine="python")
-            assert torch.equal(c.global_view, p.global_view)
-            assert (c.tiles is None) or torch.equal(c.tiles, p.tiles)
+            c = P.preprocess(page, mode, dtype=dt, engine="cpp", family=family)
+            assert torch.equal(c.global_view, p.global_view.to(dt))
+            assert (c.tiles is None) == (p.tiles is None)
+            assert (c.tiles is None) or torch.equal(c.tiles, p.tiles.to(dt))
 
 
 def test_kernel_sets_identical():
@@ -251,6 +284,14 @@ def test_every_output_element_written(nan_empty):
     assert not torch.isnan(g).any() and not torch.isnan(t).any()
 
 
+def test_every_output_element_written_v2(nan_empty):
+    a = smooth_img(1000, 1500, 3, 6)
+    g, t = nan_empty((3, 1024, 1024), device="cpu"), nan_empty((6, 3, 768, 768), device="cpu")
+    grid = C.preprocess_into([a], ["gundam"], None, [g], [t], None, 3, family="ocr2")
+    assert tuple(grid[0]) == modes.choose_tile_grid(1500, 1000, family="ocr2") == (3, 2)
+    assert not torch.isnan(g).any() and not torch.isnan(t).any()
+
+
 def test_numpy_output_buffers():
     a = smooth_img(300, 500, 3, 7)
     ref = P.preprocess(a, "base", engine="python").global_view
@@ -298,6 +339,14 @@ G = torch.empty(3, 1024, 1024)
     (([A.tolist()], ["base"], 9, [G], [None]), TypeError, "numpy array"),
     (([A], ["giant"], 9, [G], [None]), ValueError, "unknown mode"),
     (([A], ["base"], 1, [G], [None]), ValueError, "max_tiles"),
+    (([A], ["tiny"], None, [G], [None], None, 1, "ocr2"), ValueError,
+     "unknown mode 'tiny' for model family 'ocr2': choose one of gundam, base"),
+    (([A], ["base"], None, [G], [None], None, 1, "ocr3"), ValueError, "unknown model family 'ocr3'"),
+    (([A], ["base"], 1, [G], [None], None, 1, "ocr2"), ValueError, "max_tiles must be >= 2"),
+    (([A], ["base"], 2.5, [G], [None]), TypeError, "max_tiles must be an integer or None"),
+    (([A], ["base"], 10**30, [G], [None]), ValueError, "max_tiles must be <= 4096"),
+    (([np.zeros((700, 1400, 3), np.uint8)], ["gundam"], None, [G], [torch.empty(2, 3, 640, 640)], None, 1,
+      "ocr2"), ValueError, r"expected shape \(2, 3, 768, 768\)"),
     (([A, A], ["base"], 9, [G], [None]), ValueError, "same length"),
 ])
 def test_bad_buffers_and_inputs_raise(args, exc, msg):

@@ -2,6 +2,8 @@
 engine choice. The Python engine is the reference (it *is* the upstream PIL code path); the C++ engine
 is checked against it here on a few cases and exhaustively in test_csrc.py."""
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,8 @@ from deepencoder import modes
 from deepencoder import preprocess as P
 
 FILL_NORM = ((torch.tensor(127.0) / 255 - 0.5) / 0.5).item()  # computed in float32, as the views are
+NO_EXT = os.environ.get("DEEPENCODER_NO_EXT") == "1"  # installed without a C++ compiler, by choice
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = ["python"] + (["cpp"] if P.cpp_available() else [])
 MODE_SIZES = {"tiny": 512, "small": 640, "base": 1024, "large": 1280, "gundam": 1024}
 
@@ -364,11 +368,133 @@ def test_views_numel_and_shapes():
     assert P.views_numel(1920, 1080, "gundam") == 3 * 1024 * 1024 + 8 * 3 * 640 * 640
 
 
-@pytest.mark.skipif(not P.cpp_available(), reason="deepencoder._C not built")
-def test_auto_picks_cpp():
+def test_cpp_extension_built_and_picked():
+    """A missing extension is a failure, not a skip: setup.py fails a broken build, and an install that
+    skipped it must say so with DEEPENCODER_NO_EXT=1 (machines without a C++ compiler)."""
+    if NO_EXT:
+        pytest.skip("DEEPENCODER_NO_EXT=1: installed without deepencoder._C by choice")
+    assert P.cpp_available(), (f"deepencoder._C did not import ({P.cpp_unavailable_reason()}): rebuild it "
+                               "(make install), or set DEEPENCODER_NO_EXT=1 on a machine without a compiler")
     assert P.selected_engine("auto") == "cpp"
     assert P.selected_engine("python") == "python"
     assert P.cpp_unavailable_reason() is None
+
+
+def test_broken_cpp_build_fails_setup(tmp_path):
+    """setup.py no longer swallows a failed C++ build (it once installed silently without deepencoder._C)."""
+    for f in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, f), tmp_path / f)
+    (tmp_path / "deepencoder").mkdir()
+    (tmp_path / "deepencoder" / "__init__.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "broken.cpp").write_text("this is not C++;\n")
+    cmd = [sys.executable, "setup.py", "build_ext", "--build-lib", "lib", "--build-temp", "tmp"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "DEEPENCODER_NO_EXT"})
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert "DEEPENCODER_NO_EXT=1" in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, DEEPENCODER_NO_EXT="1"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(tmp_path.rglob("_C*.so"))
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepSeek-OCR 2 views (family "ocr2")
+
+
+def expected_pad(im: Image.Image, S: int) -> Image.Image:
+    """ImageOps.pad written out (SPEC_V2): long side S, short side round(short/long*S), BICUBIC, pasted
+    at round(0.5*(S - short)) (Python round: half to even) on (127, 127, 127)."""
+    w, h = im.size
+    rw, rh = (S, round(h / w * S)) if w >= h else (round(w / h * S), S)
+    canvas = Image.new("RGB", (S, S), (127, 127, 127))
+    canvas.paste(im.resize((rw, rh), Image.Resampling.BICUBIC), (round(0.5 * (S - rw)), round(0.5 * (S - rh))))
+    return canvas
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_v2_gundam_views(engine):
+    a = rand_img(700, 1300, seed=30)  # 1300x700: 2x1 tiles; global 1024x551 at y = round(236.5) = 236
+    v = P.preprocess(a, "gundam", engine=engine, family="ocr2")
+    assert v.family == "ocr2" and v.mode == "gundam" and v.max_tiles == 6 and v.size == (1300, 700)
+    assert v.grid == (2, 1) and v.tiles.shape == (2, 3, 768, 768) and v.tiles.dtype == torch.float32
+    assert v.global_view.shape == (3, 1024, 1024)
+    assert v.num_tokens == 2 * 144 + 257
+    g = v.global_view
+    assert torch.all(g[:, :236] == FILL_NORM) and torch.all(g[:, 236 + 551:] == FILL_NORM)
+    assert not torch.all(g[:, 236] == FILL_NORM) and not torch.all(g[:, 236 + 550] == FILL_NORM)
+    assert FILL_NORM == pytest.approx(-0.00392, abs=1e-5)
+    assert torch.equal(g, norm(expected_pad(Image.fromarray(a), 1024)))
+    # tiles: the whole image squeezed to (768 cols, 768 rows), cut row-major as upstream's crop boxes
+    b = rand_img(1754, 1240, seed=31)  # A4 portrait 1240x1754 -> 2x3
+    v = P.preprocess(b, "gundam", engine=engine, family="ocr2")
+    cols, rows = v.grid
+    assert (cols, rows) == (2, 3) and v.tiles.shape == (6, 3, 768, 768) and v.num_tokens == 1121
+    resized = Image.fromarray(b).resize((768 * cols, 768 * rows), Image.Resampling.BICUBIC)
+    for i in range(cols * rows):
+        box = ((i % cols) * 768, (i // cols) * 768, (i % cols + 1) * 768, (i // cols + 1) * 768)
+        assert torch.equal(v.tiles[i], norm(resized.crop(box))), f"tile {i}"
+    assert torch.equal(v.global_view, norm(expected_pad(Image.fromarray(b), 1024)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("hw", [(768, 768), (1, 1), (10, 768), (700, 500), (768, 769)])
+def test_v2_no_crops_at_or_under_768(hw, engine):
+    a = rand_img(*hw, seed=32)
+    v = P.preprocess(a, "gundam", engine=engine, family="ocr2")
+    if hw[0] <= 768 and hw[1] <= 768:
+        assert v.tiles is None and v.grid == (1, 1) and v.num_tokens == 257
+    else:
+        assert v.grid == (2, 2) and v.tiles.shape == (4, 3, 768, 768) and v.num_tokens == 4 * 144 + 257
+    assert torch.equal(v.global_view, norm(expected_pad(Image.fromarray(a), 1024)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_v2_base_is_the_shared_padded_view(engine):
+    """OCR-2's global view and OCR-1's base/gundam view are the same ImageOps.pad call: same pixels."""
+    a = rand_img(1500, 1100, seed=33)
+    v2b = P.preprocess(a, "base", engine=engine, family="ocr2")
+    assert v2b.tiles is None and v2b.grid == (1, 1) and v2b.num_tokens == 257
+    v2g = P.preprocess(a, "gundam", engine=engine, family="ocr2")
+    v1 = P.preprocess(a, "base", engine=engine)
+    assert torch.equal(v2b.global_view, v2g.global_view) and torch.equal(v2b.global_view, v1.global_view)
+    assert torch.equal(v1.global_view, norm(P.pad_square(Image.fromarray(a), 1024)))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_v2_batch_buffers_and_shapes(engine):
+    assert P.view_shapes(1920, 1080, "gundam", family="ocr2") == ((3, 1024, 1024), (2, 3, 768, 768), (2, 1))
+    assert P.view_shapes(1920, 1080, "base", family="ocr2") == ((3, 1024, 1024), None, (1, 1))
+    imgs = [rand_img(900, 1700, seed=34), rand_img(300, 200, c=0, seed=35)]
+    ms = ["gundam", "base"]
+    need = sum(P.views_numel(a.shape[1], a.shape[0], m, family="ocr2") for a, m in zip(imgs, ms))
+    out = torch.full((need,), float("nan"), dtype=torch.bfloat16)
+    res = P.preprocess_batch(imgs, ms, engine=engine, out=out, dtype=torch.bfloat16, family="ocr2")
+    assert not torch.isnan(out).any()
+    for a, m, r in zip(imgs, ms, res):
+        ref = P.preprocess(a, m, engine="python", family="ocr2")
+        assert r.family == "ocr2" and r.grid == ref.grid
+        assert torch.equal(r.global_view, ref.global_view.bfloat16())
+        assert (r.tiles is None) == (ref.tiles is None)
+        if r.tiles is not None:
+            assert torch.equal(r.tiles, ref.tiles.bfloat16())
+    with pytest.raises(ValueError, match="one model family"):
+        P.preprocess_batch(imgs, [modes.get_mode("gundam", "ocr2"), modes.get_mode("tiny")], engine=engine)
+    with pytest.raises(ValueError, match="unknown mode 'tiny' for model family 'ocr2'"):
+        P.preprocess(imgs[0], "tiny", engine=engine, family="ocr2")
+    with pytest.raises(ValueError, match="unknown model family"):
+        P.preprocess(imgs[0], "base", engine=engine, family="ocr9")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.bool, torch.complex64,
+                                   torch.float8_e4m3fn, "float32", np.float32])
+def test_non_float_dtype_refused(dtype, engine):
+    with pytest.raises(TypeError, match="unsupported output dtype"):
+        P.preprocess(rand_img(20, 30, seed=36), "base", dtype=dtype, engine=engine)
+    with pytest.raises(TypeError, match="unsupported output dtype"):
+        P.preprocess_batch([rand_img(20, 30, seed=36)], "gundam", dtype=dtype, engine=engine, family="ocr2")
 
 
 def test_fallback_without_extension_warns_once():

@@ -145,7 +145,7 @@ def test_mode_fields():
 def test_token_grid_is_pytorch_conv_arithmetic():
     """g = ceil(G/4) as two stride-2, pad-1, kernel-3 convolutions actually produce."""
     convs = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, 2, 1), torch.nn.Conv2d(1, 1, 3, 2, 1))
-    for G in list(range(1, 70)) + [80, 96, 127]:
+    for G in list(range(1, 40)) + [48, 64, 80, 127]:
         with torch.no_grad():
             out = convs(torch.zeros(1, 1, G, G))
         assert out.shape[-1] == token_grid(G) == math.ceil(G / 4), G

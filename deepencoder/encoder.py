@@ -31,7 +31,7 @@ import torch
 
 from .config import family_config, normalize_family
 from .models import check_pixels, layout_tokens, layout_tokens_v2, reference_model
-from .modes import get_mode
+from .modes import DEFAULT_MODE, get_mode
 from .weights import CheckpointError, checkpoint_family, init_random_, load_checkpoint
 
 BACKENDS = ("auto", "reference", "fast")
@@ -65,7 +65,7 @@ class EncodedImage:
     extra: Dict[str, object] = field(default_factory=dict)
 
 
-DEFAULT_MODE = {"ocr1": "base", "ocr2": "gundam"}
+
 
 
 def resolve_family(family=None, config=None, weights=None) -> str:

@@ -99,6 +99,15 @@ def test_flow_mask_matches_upstream_loop(n):
     assert want[n:].sum(1).tolist() == [n + j + 1 for j in range(n)]
 
 
+def test_upstream_loop_mask_equals_vectorised():
+    from deepencoder.models.flow import flow_mask_upstream_loop
+
+    for n in (1, 4, 12):
+        loop = flow_mask_upstream_loop(n, 2, torch.bfloat16)
+        assert loop.shape == (2, 1, 2 * n, 2 * n)
+        assert torch.equal(loop, flow_mask(n, torch.bfloat16).expand(2, -1, -1, -1))
+
+
 def test_rope_tables_match_definition():
     L, D, theta = 40, 64, 1e6
     cos, sin = rope_tables(L, D, theta)

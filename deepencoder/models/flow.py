@@ -49,6 +49,30 @@ def flow_mask(n: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     return m.masked_fill_(allowed, 0.0)[None, None]
 
 
+def flow_mask_upstream_loop(n: int, batch: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Upstream's own construction, kept only as the benchmark's "upstream" baseline: ``token_type_ids``
+    made on the CPU, then per sample a Python loop with two indexed writes per query into an ``L x L``
+    tensor on the device (``CustomQwen2ModelInner._create_custom_4d_mask``). Same values as
+    :func:`flow_mask`, expanded to ``[B, 1, L, L]``."""
+    L = 2 * n
+    min_dtype = torch.finfo(dtype).min
+    token_type_ids = torch.cat([torch.zeros(batch, n, dtype=torch.long), torch.ones(batch, n, dtype=torch.long)], 1)
+    masks = []
+    for b in range(batch):
+        mask = torch.full((L, L), fill_value=min_dtype, dtype=dtype, device=device)
+        type_ids = token_type_ids[b]
+        image_positions = (type_ids == 0).nonzero(as_tuple=True)[0]
+        text_positions = (type_ids == 1).nonzero(as_tuple=True)[0]
+        if len(image_positions) > 0:
+            mask[image_positions[:, None], image_positions] = 0.0
+        for i, text_pos in enumerate(text_positions):
+            if len(image_positions) > 0:
+                mask[text_pos, image_positions] = 0.0
+            mask[text_pos, text_positions[:i + 1]] = 0.0
+        masks.append(mask)
+    return torch.stack(masks, dim=0).unsqueeze(1)
+
+
 def rope_tables(L: int, head_dim: int, theta: float, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``cos, sin [L, head_dim]`` in float32 for positions ``0..L-1``, as transformers' Qwen2 rotary
     embedding computes them (``inv_freq = 1/theta^(arange(0,d,2)/d)``, ``emb = cat(freqs, freqs)``)."""
@@ -141,12 +165,16 @@ class FlowDecoder(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(FlowLayer(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.upstream_mask_loop = False  # benchmark baseline only: build the mask as upstream does
 
     def forward(self, x: torch.Tensor, n_visual: int) -> torch.Tensor:
         B, L, _ = x.shape
         cos, sin = rope_tables(L, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        mask = flow_mask(n_visual, x.dtype, x.device)
+        if self.upstream_mask_loop:
+            mask = flow_mask_upstream_loop(n_visual, B, x.dtype, x.device)
+        else:
+            mask = flow_mask(n_visual, x.dtype, x.device)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
         return self.norm(x)

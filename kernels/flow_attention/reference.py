@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 
 try:  # optional: pip install deepencoder[flash]
+    import flash_attn as _flash_attn
     from flash_attn import flash_attn_func as _flash_attn_func
-except Exception:  # noqa: BLE001 - ImportError or a broken CUDA build
+
+    # causal with seqlen_q < seqlen_k aligns bottom-right from flash_attn 2.1 on (top-left before: wrong here)
+    if tuple(int(x) for x in _flash_attn.__version__.split(".")[:2]) < (2, 1):
+        _flash_attn_func = None
+except Exception:  # noqa: BLE001 - ImportError, a broken CUDA build, an unparsable version
     _flash_attn_func = None
 
 

@@ -121,6 +121,7 @@ CASES = [
     (1, 25, 4, 2, "fp16"),
     (1, 72, 2, 1, "bf16"),
     (2, 19, 2, 2, "fp32"),
+    (1, 144, 2, 1, "fp16"),  # the real 768-tile length (L = 288): 5 row blocks, up to 5 key tiles each
 ]
 
 
@@ -201,6 +202,11 @@ def test_backends_direct_and_auto():
     torch.testing.assert_close(o_t, o_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o_l, o_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o_a, o_t, rtol=0, atol=0)
+    for be, want in (("triton", o_t), ("library", o_l), ("torch", o_r), ("auto", o_t)):  # out= on every route
+        buf = poison(torch.empty(B, 2 * n, H * D, device=DEVICE))
+        got = flow_attention(x, n, H, KV, cos, sin, backend=be, out=buf)
+        assert got.data_ptr() == buf.data_ptr(), be
+        torch.testing.assert_close(buf, want, rtol=0, atol=0)
 
 
 def test_kill_switch(monkeypatch):

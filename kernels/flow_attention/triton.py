@@ -22,9 +22,15 @@ Rounding against upstream (which rotates in the activation dtype, rounding ``x*c
 their sum, with the tables rounded to the activation dtype): here the rotation runs in fp32 with the fp32
 tables and is rounded once to the input dtype before the tensor-core dot; softmax in fp32 (base 2),
 ``p`` rounded to the input dtype for the PV dot, accumulation in fp32. For float32 inputs the dots are
-IEEE fp32 (the accuracy path, not a fast one: FMA dots). Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot`` multiplies raw bits (Triton issue 11584), so
-``INTERP_BF16`` feeds the dots fp32 operands there (bf16 values, exact in fp32), and it converts
-fp32 -> bf16 by truncation, so ``_round_lp`` rounds to nearest even on the bits there (what the GPU does).
+IEEE fp32 (the accuracy path, not a fast one: FMA dots). Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot``
+multiplies raw bits (Triton issue 11584), so ``INTERP_BF16`` feeds the dots fp32 operands there (bf16
+values, exact in fp32); the interpreter also converts fp32 -> bf16 by truncation, so ``_round_lp`` rounds
+to nearest even on the bits there (what the GPU does).
+
+Cost note: every program rotates each K tile it visits (k halves and fp32 cos/sin halves: 4 table loads
+of ``[BLOCK_N, D/2]`` fp32 from L1/L2, ~6 ops per element), about half the elementwise work of the
+softmax of a 128-row tile; that is the price of "no rotated copy". It is also what sets the register
+use (see CONFIGS).
 """
 
 from __future__ import annotations

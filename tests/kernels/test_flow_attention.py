@@ -335,3 +335,27 @@ def test_cuda_real_shapes_all_routes(n):
         out = poison(torch.empty(B, 2 * n, H * D, device=DEVICE, dtype=torch.bfloat16))
         tri.flow_attention_fwd(x, n, H, KV, cos, sin, out=out, config=cfg)
         check(out, ref_lp, ref64, torch.bfloat16, what=f"config {cfg}")
+
+
+@pytest.mark.interpreter
+def test_ocr2_ops_trace_together_with_auto():
+    """What a Qwen2 layer of the fast path calls, with ``backend="auto"``: one fullgraph trace, same values."""
+    from deepencoder.kernels.add_rmsnorm import add_rmsnorm, rms_norm
+    from deepencoder.kernels.swiglu import swiglu
+
+    B, n, H, KV = 1, 4, 2, 1
+    qkv, cos, sin = make(B, n, H, KV, seed=31)
+    x = torch.randn(B, 2 * n, H * D, device=DEVICE)
+    w = 1 + 0.1 * torch.randn(H * D, device=DEVICE)
+    gu = torch.randn(B, 2 * n, 4 * H * D, device=DEVICE)
+
+    def layer(qkv, x, w, gu):
+        o = flow_attention(qkv, n, H, KV, cos, sin)
+        s, h = add_rmsnorm(x, o, w, 1e-6)
+        return s, rms_norm(h, w, 1e-6), swiglu(gu)
+
+    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(qkv.float(), x, w, gu)
+    want = layer(qkv.float(), x, w, gu)
+    assert last_backend("flow_attention") == "triton"
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -109,9 +109,20 @@ def _store(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def _library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out, why):
-    res, route = flow_attention_library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out=out)
-    record_backend(OP, "library", f"{route} ({why})")
+    # RoPE in one Triton pass when the attention kernel's own guards pass (it reads q/k the same way) and
+    # no kill switch is set; else torch's rotation, as upstream
+    rope_why = kill_switch(OP) or "; ".join(
+        r for r in (g() for g in triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out)) if r)
+    rope_fn = None if rope_why else _rope_triton
+    res, route = flow_attention_library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out=out, rope_fn=rope_fn)
+    rope = f"rope=torch: {rope_why}" if rope_why else "rope=triton"
+    record_backend(OP, "library", f"{route}, {rope} ({why})")
     return res
+
+
+def _rope_triton(qkv, num_heads, num_kv_heads, cos, sin):
+    rot = _rope_qk_op(qkv, num_heads, num_kv_heads, cos, sin)  # [B, L, H+KV, D]
+    return rot[:, :, :num_heads].transpose(1, 2), rot[:, :, num_heads:].transpose(1, 2)
 
 
 def _triton(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out):
@@ -148,3 +159,19 @@ def _flow_attention_out_op(qkv: torch.Tensor, n_visual: int, num_heads: int, num
 @_flow_attention_out_op.register_fake
 def _(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out):
     return None
+
+
+@torch.library.custom_op("deepencoder::flow_rope_qk", mutates_args=())
+def _rope_qk_op(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+    """q and k heads of the fused projection, rotated: ``[B, L, H+KV, D]`` (the library route's RoPE)."""
+    from .triton import rope_qk_fwd
+
+    return rope_qk_fwd(qkv, num_heads, num_kv_heads, cos, sin)
+
+
+@_rope_qk_op.register_fake
+def _(qkv, num_heads, num_kv_heads, cos, sin):
+    B, L, W = qkv.shape
+    D = W // (num_heads + 2 * num_kv_heads)
+    return qkv.new_empty((B, L, num_heads + num_kv_heads, D))

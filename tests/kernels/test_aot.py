@@ -68,6 +68,8 @@ def test_aot_flow_attention_wgmma_on_sm90_mma_on_sm80_no_spills():
     assert {80, 90} <= archs, f"flow_attention: specs cover archs {sorted(archs)}"
     for r in res["results"]:
         want = "wgmma" if r["arch"] == 90 else "mma"
+        if "rope_qk" in str(r.get("name")):  # the library route's element-wise RoPE pass: no dots
+            continue
         if r.get("mma") != want:
             problems.append(f"{r['name']} sm_{r['arch']}: mma={r.get('mma')}, want {want}")
     assert not problems, "\n".join(problems)

@@ -102,13 +102,17 @@ def test_library_route_and_wrong_causal_alignment_is_detected(dt):
     out = flow_attention(qkv.to(dtype), n, H, KV, cos, sin, backend="library")
     assert last_backend("flow_attention") == "library"
     want_route = "flash_attn" if (HAS_CUDA and ref_mod.flash_attn_available() and dtype != torch.float32) else "sdpa"
-    assert last_backend_reason("flow_attention").startswith(want_route)
+    why = last_backend_reason("flow_attention")
+    assert why.startswith(want_route) and "rope=triton" in why, why  # the one-pass RoPE (CUDA or interpreter)
     check(out, ref_lp, ref64, dtype)
+    good, route = flow_attention_library(qkv.to(dtype), n, H, KV, cos, sin, use_flash=False)  # torch RoPE
+    assert route == "sdpa-causal_lower_right"
+    check(good, ref_lp, ref64, dtype, what="library, torch RoPE")
     bad, _ = flow_attention_library(qkv.to(dtype), n, H, KV, cos, sin, use_flash=False, sdpa_causal_top_left=True)
     with pytest.raises(AssertionError):
         check(bad, ref_lp, ref64, dtype, what="top-left causal")
     # the visual half is untouched by the alignment; every query row but the last is wrong
-    torch.testing.assert_close(bad[:, :n], out[:, :n], rtol=0, atol=0)
+    torch.testing.assert_close(bad[:, :n], good[:, :n], rtol=0, atol=0)
     assert max_err(bad[:, n:2 * n - 1], ref64[:, n:2 * n - 1]) > 0.05
 
 
@@ -217,6 +221,8 @@ def test_kill_switch(monkeypatch):
         flow_attention(qkv.float(), 4, 2, 1, cos, sin)
         assert last_backend("flow_attention") == want
         assert var in last_backend_reason("flow_attention")
+        flow_attention(qkv.float(), 4, 2, 1, cos, sin, backend="library")  # and its RoPE pass goes to torch
+        assert f"rope=torch: {var}" in last_backend_reason("flow_attention")
         monkeypatch.delenv(var)
 
 
@@ -267,10 +273,9 @@ def test_pick_config_and_aot_specs():
     for c in tri.CONFIGS:
         assert c.BLOCK_M >= 16 and c.BLOCK_N >= 16  # tl.dot tiles
     specs = tri.aot_specs()
-    assert len(specs) == 2 * len(tri.CONFIGS) and len({s["name"] for s in specs}) == len(specs)
-    args = tri._flow_attention_fwd_kernel.arg_names
+    assert len(specs) == 2 * len(tri.CONFIGS) + 2 and len({s["name"] for s in specs}) == len(specs)
     for s in specs:
-        assert set(s["signature"]) == set(args)
+        assert set(s["signature"]) == set(s["fn"].arg_names)
         assert {k for k, v in s["signature"].items() if v == "constexpr"} == set(s["constexprs"])
         assert s["signature"]["QKV"] == "*" + s["dtype"] and s["flops"] > 0 and s["bytes"] > 0
     # the FLOP count is the allowed pairs only: 2.5 n^2 of the dense 4 n^2
@@ -305,6 +310,32 @@ def test_custom_ops_opcheck_and_compile():
     got = torch.compile(g, backend="aot_eager", fullgraph=True)(x, cos, sin, o2)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o2, ref, rtol=1e-5, atol=1e-5)
+    # the library route's RoPE pass: its op, and the route traced whole
+    from deepencoder.kernels.flow_attention.op import _rope_qk_op
+
+    torch.library.opcheck(_rope_qk_op, (x, H, KV, cos, sin))
+    f_lib = torch.compile(lambda a, c, s: flow_attention(a, n, H, KV, c, s, backend="library"), backend="aot_eager",
+                          fullgraph=True)
+    torch.testing.assert_close(f_lib(x, cos, sin), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dt", ["fp32", "fp16", "bf16"])
+def test_rope_pass_writes_every_element(dt):
+    """The library route's one-pass RoPE into a NaN-poisoned buffer: odd L, batch 1, strided qkv; against
+    the float64 rotation (same-dtype rule vs upstream's rotation in that dtype)."""
+    dtype = DT[dt]
+    B, n, H, KV = 1, 7, 14, 2
+    qkv, cos, sin = make(B, n, H, KV, seed=41)
+    wide = torch.zeros(B, 2 * n, qkv.shape[-1] + 64, device=DEVICE, dtype=dtype)
+    wide[..., :qkv.shape[-1]] = qkv.to(dtype)
+    x = wide[..., :qkv.shape[-1]]
+    out = poison(torch.empty(B, 2 * n, H + KV, D, device=DEVICE, dtype=dtype))
+    tri.rope_qk_fwd(x, H, KV, cos, sin, out=out)
+    q64, k64, _ = ref_mod.rotated_qkv(qkv.double(), H, KV, cos.double(), sin.double())
+    q_lp, k_lp, _ = ref_mod.rotated_qkv(qkv.to(dtype), H, KV, cos, sin)
+    assert_same_dtype_rule(out[:, :, :H].transpose(1, 2).cpu(), q_lp.cpu(), q64.cpu(), what="rope q")
+    assert_same_dtype_rule(out[:, :, H:].transpose(1, 2).cpu(), k_lp.cpu(), k64.cpu(), what="rope k")
 
 
 # ------------------------------------------------------------------------------------------------ GPU

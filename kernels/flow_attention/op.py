@@ -4,8 +4,9 @@ Backends: ``"triton"`` (one launch, ``triton.py``), ``"library"`` (two calls: ``
 importable on CUDA fp16/bf16, else SDPA with ``causal_lower_right``), ``"torch"`` (upstream's path with the
 materialised mask), ``"auto"``: triton when every guard passes; else library on CUDA; else torch. The kill
 switches (``DEEPENCODER_DISABLE_FLOW_ATTENTION`` / ``DEEPENCODER_DISABLE_TRITON``) take triton out of
-``auto``. ``last_backend("flow_attention")`` is ``"triton" | "library" | "torch"``; the reason names the
-library route (``flash_attn`` or ``sdpa-causal_lower_right``).
+``auto``. ``last_backend("flow_attention")`` is ``"triton" | "library" | "torch"``; for ``library`` the
+reason names the route (``flash_attn`` or ``sdpa-causal_lower_right``) and its RoPE pass (``rope=triton``:
+one Triton pass over q and k when the Triton guards pass, else ``rope=torch: <why>``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out):
     """The conditions the Triton kernel needs; each returns None or the reason it cannot run."""
-    from .triton import HEAD_DIMS
-
+    try:
+        from .triton import HEAD_DIMS
+    except Exception:  # noqa: BLE001 - no triton: g_import names the reason
+        HEAD_DIMS = None
     D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
     tensors = [qkv, cos, sin] + ([out] if out is not None else [])
 
@@ -39,7 +42,7 @@ def triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out):
         return None if qkv.dtype in _DTYPES else f"dtype {qkv.dtype} not in {_DTYPES}"
 
     def g_head_dim():
-        return None if D in HEAD_DIMS else f"head dim {D} not in {HEAD_DIMS}"
+        return None if HEAD_DIMS is None or D in HEAD_DIMS else f"head dim {D} not in {HEAD_DIMS}"
 
     def g_int32():
         B, L, W = qkv.shape

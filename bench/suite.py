@@ -304,7 +304,8 @@ class Runner:
                   pct_peak_gbps=100 * gb / pk_gb if pk_gb else None)
 
 
-_TRACKED_OPS = ("sam_attention", "add_layernorm", "compressor", "clip_attention")
+_TRACKED_OPS = ("sam_attention", "add_layernorm", "compressor", "clip_attention", "flow_attention", "add_rmsnorm",
+                "rms_norm", "swiglu")
 
 
 def _reset_backends():

@@ -69,7 +69,7 @@ def flow_attention(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_head
     ``qkv [B, L=2n, (H + 2*KV)*D]``: ``cat(q_proj, k_proj, v_proj)`` outputs, biases added, not rotated;
     last dim contiguous (a view into a larger buffer is fine). ``cos, sin [L, D]`` RoPE tables for
     positions ``0..L-1`` (float32, as upstream computes them). Returns ``[B, L, H*D]`` (head-major, the
-    o_proj input), in ``out`` when given (rows contiguous).
+    o_proj input), in ``out`` when given (last dim contiguous; e.g. a column slice of a wider buffer).
 
     ``out = softmax(rope(q) rope(k)^T / sqrt(D) + mask) v`` with query head h on KV head ``h // (H/KV)``;
     mask: row ``r`` sees column ``c`` iff ``c < n`` or ``c <= r`` (visual tokens see the visual block,

@@ -145,20 +145,21 @@ def test_triton_matches_reference(B, n, H, KV, dt):
 
 @pytest.mark.interpreter
 def test_triton_reads_strided_qkv_and_writes_into_a_slice():
-    """qkv as a column slice of a wider buffer (non-contiguous rows), out as a batch slice of a bigger
-    NaN-poisoned buffer: only the slice is written."""
+    """qkv as a column slice of a wider buffer (non-contiguous rows), out as a batch and column slice of a
+    bigger NaN-poisoned buffer: only the slice is written."""
     B, n, H, KV = 2, 11, 4, 2
     qkv, cos, sin = make(B, n, H, KV, seed=5)
     wide = torch.randn(B, 2 * n, qkv.shape[-1] + 96, dtype=torch.float32, device=DEVICE)
     wide[..., 32:32 + qkv.shape[-1]] = qkv.float()
     view = wide[..., 32:32 + qkv.shape[-1]]
     assert not view.is_contiguous()
-    big = poison(torch.empty(B + 1, 2 * n, H * D, device=DEVICE))
-    got = flow_attention(view, n, H, KV, cos, sin, backend="triton", out=big[1:])
-    assert got.data_ptr() == big[1:].data_ptr()
-    assert torch.isnan(big[0]).all()
+    big = poison(torch.empty(B + 1, 2 * n, H * D + 64, device=DEVICE))
+    dst = big[1:, :, 32:32 + H * D]  # a batch and column slice: rows of stride H*D + 64
+    got = flow_attention(view, n, H, KV, cos, sin, backend="triton", out=dst)
+    assert got.data_ptr() == dst.data_ptr()
+    assert torch.isnan(big[0]).all() and torch.isnan(big[1:, :, :32]).all() and torch.isnan(big[1:, :, -32:]).all()
     ref_lp, ref64 = refs(qkv, n, H, KV, cos, sin, torch.float32)
-    check(big[1:], ref_lp, ref64, torch.float32)
+    check(dst, ref_lp, ref64, torch.float32)
 
 
 @pytest.mark.interpreter
@@ -258,7 +259,7 @@ def test_validation_errors_are_one_line():
         ((nc, 4, 2, 1, cos, sin), {}, ValueError, "last dim must be contiguous"),
         ((x, 4, 2, 1, cos, sin), {"out": torch.empty(1, 8, 64, device=DEVICE)}, ValueError, "out must be"),
         ((x, 4, 2, 1, cos, sin), {"out": torch.empty(1, 128, 8, device=DEVICE).transpose(1, 2)}, ValueError,
-         "contiguous rows"),
+         "out last dim must be contiguous"),
     ]
     for args, kw, exc, pat in bad:
         for backend in ("triton", "library", "torch", "auto"):

@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="bf16 | fp16 | fp32 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--ops", type=_strs, default=None,
-                   help="sam_window_attention,sam_global_attention,compressor,clip_attention ('' = none)")
+                   help="sam_window_attention,sam_global_attention,compressor,clip_attention,flow_attention ('' = none)")
     p.add_argument("--grids", type=_ints, default=None, help="SAM grids G (default 32,40,64,80)")
     p.add_argument("--clip-grids", type=_ints, default=None, help="CLIP token grids g (default 8,10,16,20)")
     p.add_argument("--modes", type=_strs, default=None, help="tiny,small,base,large,gundam ('' = none)")
@@ -112,7 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit("--input-sets must be >= 3 (rotating inputs keep caches from flattering)")
     opts = {"input_sets": args.input_sets, "check_batch": args.check_batch, "budget_s": args.budget_s,
             "compile_mode": args.compile_mode, "grid_modes": {32: "tiny", 40: "small", 64: "base", 80: "large"},
-            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"}}
+            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"},
+            "flow_modes": {144: "ocr2-tile", 256: "ocr2-global"}}
     if args.smoke:
         # Triton kernels run under the interpreter here (~5 ms per program step): the op rows run them at
         # a 6x6 grid (window 4: padded to 8, four windows); end to end, ops take their torch backends.
@@ -120,7 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     modes=("smoke-tiny", "smoke-gundam"), batches=(1, 2), gundam_batches=(1,), op_tokens=36,
                     compile="base", compile_modes=("smoke", "smoke-tiny"), compile_backend="eager",
                     quick_peaks=True, e2e_torch_ops=True,
-                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"})
+                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"},
+                    flow_ns=(9,), flow_heads=(4, 2, 64), flow_modes={9: "smoke"})
         target, min_reps, warmup = 15.0, 3, 1
     else:
         opts.update(batches=(1, 8, 32), gundam_batches=(1, 4, 8), compile="base", compile_backend="inductor")

@@ -335,3 +335,106 @@ def clip_attention_case(g: int, batch: int, heads: int, head_dim: int, device, d
                 fl.clip_attention_macs(batch, N, heads, head_dim) * 2,
                 fl.clip_attention_bytes(batch, N, heads, head_dim, elem), batch,
                 mode=opts.get("clip_modes", {}).get(g), providers=provs)
+
+
+# --------------------------------------------------------------------------------------------------
+# DeepEncoder V2 causal-flow attention (Qwen2 layer of DeepSeek-OCR 2)
+# --------------------------------------------------------------------------------------------------
+
+
+def _rope_tables(L: int, head_dim: int, device, theta: float = 1e6):
+    """Qwen2's RoPE tables for positions 0..L-1 in float32 (rotate-half layout: cat(angle, angle))."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    ang = torch.arange(L, dtype=torch.float32)[:, None] * inv[None, :]
+    emb = torch.cat((ang, ang), dim=-1)
+    return emb.cos().to(device), emb.sin().to(device)
+
+
+def flow_attention_upstream(n: int, heads: int, kv_heads: int):
+    """Upstream's path: RoPE in the activation dtype, repeat_kv, the ``[B, 1, 2n, 2n]`` float mask built by
+    the per-token loop, SDPA (``deepencoder.kernels.flow_attention.flow_attention_ref``). Imported here, not
+    inside the function, so ``torch.compile`` of it traces no import."""
+    try:
+        f = _kernel_import("flow_attention", "flow_attention_ref")
+    except Unavailable as e:
+        why = str(e)
+
+        def missing(qkv, cos, sin):
+            raise Unavailable(why)
+        return missing
+    return lambda qkv, cos, sin: f(qkv, n, heads, kv_heads, cos, sin)
+
+
+def flow_attention_case(n: int, batch: int, heads: int, kv_heads: int, head_dim: int, device, dtype,
+                        opts: Dict[str, Any]) -> Case:
+    """One flow-attention call over ``[B, 2n, (H+2KV)D]``: visual rows see the visual block, query j sees
+    the visual block and queries 0..j. Providers: ``upstream`` (materialised float mask), ``flex``
+    (``flex_attention`` with a block mask, compiled on CUDA: what a user would write instead), ``library``
+    (two calls: flash_attn or SDPA with ``causal_lower_right``), ``fast`` (the Triton kernel),
+    ``flash-nobias`` (non-causal SDPA flash over the same 2n tokens, K/V repeated outside the timing: the
+    ceiling), ``reference-compile`` (torch.compile of upstream)."""
+    L = 2 * n
+    W = (heads + 2 * kv_heads) * head_dim
+
+    def make(seed, B, dt):
+        g = _gen(seed)
+        cos, sin = _rope_tables(L, head_dim, device)
+        return (_randn((B, L, W), g, device, dt), cos, sin)
+
+    upstream = flow_attention_upstream(n, heads, kv_heads)
+
+    def b_backend(be):
+        def build():
+            f = _kernel_import("flow_attention", "flow_attention")
+            return lambda qkv, cos, sin: f(qkv, n, heads, kv_heads, cos, sin, backend=be)
+        return build
+
+    def b_graphs():
+        _need_cuda(device, "CUDA graphs")
+        return b_backend("triton")()
+
+    def b_flex():
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"flex_attention not importable: {e}") from e
+        rot = _kernel_import("flow_attention.reference", "rotated_qkv")
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (kv_idx < n) | (kv_idx <= q_idx)
+
+        bm = create_block_mask(mask_mod, B=None, H=None, Q_LEN=L, KV_LEN=L, device=str(device))
+        attend = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
+
+        def fn(qkv, cos, sin):
+            q, k, v = rot(qkv, heads, kv_heads, cos, sin)
+            o = attend(q, k, v, block_mask=bm, enable_gqa=True)
+            return o.transpose(1, 2).reshape(qkv.shape[0], L, heads * head_dim)
+        return fn
+
+    def nobias_prepare(qkv, cos, sin):
+        split = _kernel_import("flow_attention.reference", "split_heads")
+        q, k, v = split(qkv, heads, kv_heads)
+        rep = heads // kv_heads
+        return (q.contiguous(), k.repeat_interleave(rep, 1).contiguous(), v.repeat_interleave(rep, 1).contiguous())
+
+    def nobias_oracle(qkv, cos, sin):
+        return _sdpa_nobias(*nobias_prepare(qkv, cos, sin))
+
+    provs = [
+        Provider("upstream", lambda: upstream, note="RoPE + repeat_kv + materialised [B,1,2n,2n] float mask + SDPA"),
+        Provider("reference-compile", lambda: _compiled(upstream, opts), compile=True, note=_compile_note(opts)),
+        Provider("flex", b_flex, note="flex_attention + block mask (compiled on CUDA), RoPE by torch"),
+        Provider("library", b_backend("library"), note="flow_attention(backend='library'): two calls, "
+                 "flash_attn or SDPA causal_lower_right"),
+        Provider("fast", b_backend("triton"), note="flow_attention(backend='triton'): one launch, RoPE on load"),
+        Provider("fast-graphs", b_graphs, graphs=True, note="backend='triton' in a CUDA graph"),
+        Provider("flash-nobias", lambda: _sdpa_flash, prepare=nobias_prepare, oracle=nobias_oracle,
+                 oracle_key="nobias", note="SDPA (flash on CUDA), no mask, no RoPE, over the same 2n tokens"),
+    ]
+    elem = fl.elem_bytes(dtype)
+    return Case("op", "flow_attention", f"B{batch}-n{n}-H{heads}-KV{kv_heads}-D{head_dim}", batch, make, upstream,
+                fl.flow_attention_macs(batch, n, heads, head_dim) * 2,
+                fl.flow_attention_bytes(batch, n, heads, kv_heads, head_dim, elem), batch,
+                mode=opts.get("flow_modes", {}).get(n), providers=provs,
+                extra={"upstream_mask_mb": batch * L * L * elem / 2 ** 20})

@@ -120,6 +120,68 @@ def clip_attention_bytes(B: int, N: int, heads: int, head_dim: int, elem: int) -
 
 
 # --------------------------------------------------------------------------------------------------
+# DeepEncoder V2 (DeepSeek-OCR 2): the causal-flow attention and one view end to end
+# --------------------------------------------------------------------------------------------------
+
+# Qwen2 stage of DeepEncoder V2 (SPEC_V2.md "Qwen2 layer, exactly")
+QWEN2 = {"hidden": 896, "heads": 14, "kv_heads": 2, "head_dim": 64, "mlp": 4864, "layers": 24}
+OCR2_NET3 = 896  # net_3 output channels in V2 (1024 in V1)
+OCR2_N_EMBED = 1280
+
+
+def flow_pairs(n: int, dense: bool = False) -> int:
+    """(row, key) pairs the V2 mask allows over L = 2n tokens: n*n visual + n*n + n(n+1)/2 query pairs
+    (``dense``: all (2n)^2, what upstream's masked SDPA computes)."""
+    return (2 * n) ** 2 if dense else 2 * n * n + n * (n + 1) // 2
+
+
+def flow_attention_macs(B: int, n: int, heads: int = 14, head_dim: int = 64, dense: bool = False) -> float:
+    """MACs of one flow-attention call: q.k^T and p.v over the allowed pairs (``dense``: over all L^2)."""
+    return float(B * heads * 2 * flow_pairs(n, dense) * head_dim)
+
+
+def flow_attention_bytes(B: int, n: int, heads: int, kv_heads: int, head_dim: int, elem: int) -> float:
+    """Minimum bytes: the fused qkv ``[B, 2n, (H+2KV)D]`` read once, out ``[B, 2n, HD]`` written, the fp32
+    cos/sin tables ``[2n, D]`` read once."""
+    L = 2 * n
+    return float(elem * B * L * ((heads + 2 * kv_heads) * head_dim + heads * head_dim) + 2 * 4 * L * head_dim)
+
+
+def ocr2_view_macs(S: int, cfg: Optional[DeepEncoderConfig] = None, dense_attention: bool = True) -> Dict[str, float]:
+    """MACs of one DeepEncoder V2 view (S = 1024 global, 768 tile), by SPEC_V2.md's terms.
+
+    SAM + neck + net_2 as V1 at ``G = S/16`` (windows of 14 over the padded grid), net_3 512 -> 896;
+    Qwen2: 24 layers over L = 2n tokens (n = (S/64)^2): q/o 896x896, k/v 896x128, MLP 3 x 896x4864, and the
+    attention over L^2 pairs (``dense_attention``: what upstream's masked SDPA computes; False: the allowed
+    pairs only, what the flow kernel computes); projector 896 -> 1280 over the n query outputs.
+    SPEC_V2 "Cost": 1024 view ~ 665 G (SAM 470, Qwen2 195), 768 tile ~ 347 G (SAM 240, Qwen2 107).
+    """
+    import dataclasses
+
+    c = _cfg(cfg)
+    s = dataclasses.replace(c.sam, net3_chans=OCR2_NET3)
+    c2 = c.replace(sam=s)
+    G, g = grid_sizes(S, s.patch_size)
+    N = G * G
+    C = s.embed_dim
+    n_global = sum(1 for i in range(s.depth) if i in s.global_attn_indexes)
+    sam = (s.depth * N * (3 * C * C + C * C + 2 * C * s.mlp_dim)
+           + n_global * sam_attention_macs(1, G, s.num_heads, s.head_dim, 0)
+           + (s.depth - n_global) * sam_attention_macs(1, G, s.num_heads, s.head_dim, s.window_size)
+           + N * C * s.in_chans * s.patch_size ** 2 + compressor_macs(1, G, c2))
+    q = QWEN2
+    n = g * g
+    L = 2 * n
+    kv = q["kv_heads"] * q["head_dim"]
+    qwen_linear = q["layers"] * L * (2 * q["hidden"] ** 2 + 2 * q["hidden"] * kv + 3 * q["hidden"] * q["mlp"])
+    qwen_attn = q["layers"] * flow_attention_macs(1, n, q["heads"], q["head_dim"], dense=dense_attention)
+    out = {"sam": float(sam), "qwen2_linear": float(qwen_linear), "qwen2_attn": float(qwen_attn),
+           "projector": float(n * OCR2_NET3 * OCR2_N_EMBED)}
+    out["total"] = sum(out.values())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # One image end to end
 # --------------------------------------------------------------------------------------------------
 
@@ -189,3 +251,6 @@ if __name__ == "__main__":
     for S in (512, 640, 1024, 1280):
         print(summary(S))
     print(f"gundam 2x3: {gundam_flops() / 1e12:.3f} TFLOP per page")
+    for S in (1024, 768):
+        m = ocr2_view_macs(S)
+        print(f"OCR-2 S={S}: " + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in m.items()))

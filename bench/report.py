@@ -14,9 +14,10 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 KEY_FIELDS = ("kind", "op", "mode", "shape", "batch", "provider", "dtype")
-PROVIDER_ORDER = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+PROVIDER_ORDER = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs",
+                  "flash-nobias")
 COLORS = {"upstream": "tab:gray", "reference": "tab:blue", "reference-compile": "tab:purple", "fast": "tab:orange",
-          "fast-graphs": "tab:red", "flash-nobias": "tab:green"}
+          "fast-graphs": "tab:red", "flash-nobias": "tab:green", "flex": "tab:brown", "library": "tab:olive"}
 
 
 def ordered(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -132,7 +133,7 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
     for r in rows:
         if r.get("kind") != "peak":
             cases.setdefault(tuple(r.get(k) for k in KEY_FIELDS[:5]), {})[r["provider"]] = r
-    cols = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+    cols = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs", "flash-nobias")
     short = {"reference-compile": "ref-compile", "flash-nobias": "flash-nobia"}
     head = f"{'case':<40}" + "".join(f"{short.get(c, c):>12}" for c in cols) + f"{'speed-up':>10}{'img/s':>9}{'%peak':>6}  not ok"
     lines = ["p50 ms per provider; speed-up = baseline / best of fast, fast-graphs", head]

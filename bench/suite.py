@@ -29,7 +29,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .cases import Case, Provider, Unavailable, clip_attention_case, compressor_case, sam_attention_case
+from .cases import (
+    Case,
+    Provider,
+    Unavailable,
+    clip_attention_case,
+    compressor_case,
+    flow_attention_case,
+    sam_attention_case,
+)
 from .measure import Timer, errors, measure_peaks, mem_peak_mb, mem_reset, provenance
 
 SCHEMA_VERSION = 1
@@ -44,7 +52,7 @@ TOL = {
 CHECK_SEED = 12345
 # seconds of budget a torch.compile(mode="max-autotune") row needs before it is started (compile + autotune)
 COMPILE_NEED_S = {"op": 45, "e2e": 300}
-PROVIDERS = ("upstream", "reference", "reference-compile", "fast", "fast-graphs", "flash-nobias")
+PROVIDERS = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs", "flash-nobias")
 
 
 def dtype_name(dt: torch.dtype) -> str:
@@ -65,7 +73,8 @@ def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype)
     cfg = opts.get("config") or DeepEncoderConfig.deepseek_ocr()
     s, c = cfg.sam, cfg.clip
     cases: List[Case] = []
-    ops = opts.get("ops", ("sam_window_attention", "sam_global_attention", "compressor", "clip_attention"))
+    ops = opts.get("ops", ("sam_window_attention", "sam_global_attention", "compressor", "clip_attention",
+                           "flow_attention"))
     tokens = opts.get("op_tokens", 32768)
     ws = opts.get("op_window", s.window_size)
     for G in opts.get("grids", (32, 40, 64, 80)):
@@ -80,6 +89,11 @@ def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype)
         for g in opts.get("clip_grids", (8, 10, 16, 20)):
             B = max(1, tokens // (4 * (g * g + 1)))  # 31 images at g=16 with the default 32768
             cases.append(clip_attention_case(g, B, c.num_heads, c.head_dim, device, dtype, opts))
+    if "flow_attention" in ops:  # DeepEncoder V2's Qwen2 attention: n = 144 (768 tile), 256 (1024 global)
+        fh, fkv, fd = opts.get("flow_heads", (14, 2, 64))
+        for n in opts.get("flow_ns", (144, 256)):
+            B = max(1, tokens // (2 * n))  # 64 views at n=256 with the default 32768
+            cases.append(flow_attention_case(n, B, fh, fkv, fd, device, dtype, opts))
     modes = opts.get("modes", ("tiny", "small", "base", "large", "gundam"))
     if modes:
         table = {**REAL_MODES, **SMOKE_MODES}
@@ -290,7 +304,8 @@ class Runner:
                   pct_peak_gbps=100 * gb / pk_gb if pk_gb else None)
 
 
-_TRACKED_OPS = ("sam_attention", "add_layernorm", "compressor", "clip_attention")
+_TRACKED_OPS = ("sam_attention", "add_layernorm", "compressor", "clip_attention", "flow_attention", "add_rmsnorm",
+                "rms_norm", "swiglu")
 
 
 def _reset_backends():

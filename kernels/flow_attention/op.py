@@ -4,8 +4,9 @@ Backends: ``"triton"`` (one launch, ``triton.py``), ``"library"`` (two calls: ``
 importable on CUDA fp16/bf16, else SDPA with ``causal_lower_right``), ``"torch"`` (upstream's path with the
 materialised mask), ``"auto"``: triton when every guard passes; else library on CUDA; else torch. The kill
 switches (``DEEPENCODER_DISABLE_FLOW_ATTENTION`` / ``DEEPENCODER_DISABLE_TRITON``) take triton out of
-``auto``. ``last_backend("flow_attention")`` is ``"triton" | "library" | "torch"``; the reason names the
-library route (``flash_attn`` or ``sdpa-causal_lower_right``).
+``auto``. ``last_backend("flow_attention")`` is ``"triton" | "library" | "torch"``; for ``library`` the
+reason names the route (``flash_attn`` or ``sdpa-causal_lower_right``) and its RoPE pass (``rope=triton``:
+one Triton pass over q and k when the Triton guards pass, else ``rope=torch: <why>``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out):
     """The conditions the Triton kernel needs; each returns None or the reason it cannot run."""
-    from .triton import HEAD_DIMS
-
+    try:
+        from .triton import HEAD_DIMS
+    except Exception:  # noqa: BLE001 - no triton: g_import names the reason
+        HEAD_DIMS = None
     D = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
     tensors = [qkv, cos, sin] + ([out] if out is not None else [])
 
@@ -39,7 +42,7 @@ def triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out):
         return None if qkv.dtype in _DTYPES else f"dtype {qkv.dtype} not in {_DTYPES}"
 
     def g_head_dim():
-        return None if D in HEAD_DIMS else f"head dim {D} not in {HEAD_DIMS}"
+        return None if HEAD_DIMS is None or D in HEAD_DIMS else f"head dim {D} not in {HEAD_DIMS}"
 
     def g_int32():
         B, L, W = qkv.shape
@@ -66,7 +69,7 @@ def flow_attention(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_head
     ``qkv [B, L=2n, (H + 2*KV)*D]``: ``cat(q_proj, k_proj, v_proj)`` outputs, biases added, not rotated;
     last dim contiguous (a view into a larger buffer is fine). ``cos, sin [L, D]`` RoPE tables for
     positions ``0..L-1`` (float32, as upstream computes them). Returns ``[B, L, H*D]`` (head-major, the
-    o_proj input), in ``out`` when given (rows contiguous).
+    o_proj input), in ``out`` when given (last dim contiguous; e.g. a column slice of a wider buffer).
 
     ``out = softmax(rope(q) rope(k)^T / sqrt(D) + mask) v`` with query head h on KV head ``h // (H/KV)``;
     mask: row ``r`` sees column ``c`` iff ``c < n`` or ``c <= r`` (visual tokens see the visual block,
@@ -109,9 +112,20 @@ def _store(res: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def _library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out, why):
-    res, route = flow_attention_library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out=out)
-    record_backend(OP, "library", f"{route} ({why})")
+    # RoPE in one Triton pass when the attention kernel's own guards pass (it reads q/k the same way) and
+    # no kill switch is set; else torch's rotation, as upstream
+    rope_why = kill_switch(OP) or "; ".join(
+        r for r in (g() for g in triton_guards(qkv, num_heads, num_kv_heads, cos, sin, out)) if r)
+    rope_fn = None if rope_why else _rope_triton
+    res, route = flow_attention_library(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out=out, rope_fn=rope_fn)
+    rope = f"rope=torch: {rope_why}" if rope_why else "rope=triton"
+    record_backend(OP, "library", f"{route}, {rope} ({why})")
     return res
+
+
+def _rope_triton(qkv, num_heads, num_kv_heads, cos, sin):
+    rot = _rope_qk_op(qkv, num_heads, num_kv_heads, cos, sin)  # [B, L, H+KV, D]
+    return rot[:, :, :num_heads].transpose(1, 2), rot[:, :, num_heads:].transpose(1, 2)
 
 
 def _triton(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out):
@@ -148,3 +162,19 @@ def _flow_attention_out_op(qkv: torch.Tensor, n_visual: int, num_heads: int, num
 @_flow_attention_out_op.register_fake
 def _(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out):
     return None
+
+
+@torch.library.custom_op("deepencoder::flow_rope_qk", mutates_args=())
+def _rope_qk_op(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+    """q and k heads of the fused projection, rotated: ``[B, L, H+KV, D]`` (the library route's RoPE)."""
+    from .triton import rope_qk_fwd
+
+    return rope_qk_fwd(qkv, num_heads, num_kv_heads, cos, sin)
+
+
+@_rope_qk_op.register_fake
+def _(qkv, num_heads, num_kv_heads, cos, sin):
+    B, L, W = qkv.shape
+    D = W // (num_heads + 2 * num_kv_heads)
+    return qkv.new_empty((B, L, num_heads + num_kv_heads, D))

@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 
 try:  # optional: pip install deepencoder[flash]
+    import flash_attn as _flash_attn
     from flash_attn import flash_attn_func as _flash_attn_func
-except Exception:  # noqa: BLE001 - ImportError or a broken CUDA build
+
+    # causal with seqlen_q < seqlen_k aligns bottom-right from flash_attn 2.1 on (top-left before: wrong here)
+    if tuple(int(x) for x in _flash_attn.__version__.split(".")[:2]) < (2, 1):
+        _flash_attn_func = None
+except Exception:  # noqa: BLE001 - ImportError, a broken CUDA build, an unparsable version
     _flash_attn_func = None
 
 
@@ -73,9 +78,8 @@ def validate(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_heads: int
         if tuple(out.shape) != want or out.dtype != qkv.dtype or out.device != qkv.device:
             raise ValueError(f"{p}: out must be {list(want)} {qkv.dtype} on {qkv.device}, got {list(out.shape)} "
                              f"{out.dtype} on {out.device}")
-        if out.stride(-1) != 1 or out.stride(1) != num_heads * D:
-            raise ValueError(f"{p}: out must have contiguous rows [L, heads*D] (strides (*, {num_heads * D}, 1)), "
-                             f"got {tuple(out.stride())}")
+        if out.stride(-1) != 1:
+            raise ValueError(f"{p}: out last dim must be contiguous (stride 1), got strides {tuple(out.stride())}")
     return D
 
 
@@ -152,7 +156,7 @@ def flow_attention_ref(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_
 
 def flow_attention_library(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_heads: int, cos: torch.Tensor,
                            sin: torch.Tensor, out: Optional[torch.Tensor] = None, use_flash: Optional[bool] = None,
-                           sdpa_causal_top_left: bool = False) -> Tuple[torch.Tensor, str]:
+                           sdpa_causal_top_left: bool = False, rope_fn=None) -> Tuple[torch.Tensor, str]:
     """Two attention calls, no mask tensor, no repeated K/V. Returns ``(out [B, L, H*D], route)``.
 
     * visual half: rows ``0..n-1`` against keys ``0..n-1``, no mask;
@@ -161,16 +165,22 @@ def flow_attention_library(qkv: torch.Tensor, n_visual: int, num_heads: int, num
       SDPA's ``is_causal=True`` aligns top-left (query j would see keys ``0..j``: wrong), so the SDPA
       route passes ``torch.nn.attention.bias.causal_lower_right``.
 
-    RoPE is applied by torch (rotated q/k copies; the Triton kernel avoids them). ``use_flash``: None =
-    flash_attn when importable and the inputs suit it (CUDA, fp16/bf16). ``sdpa_causal_top_left`` exists
-    only so a test can show that the wrong alignment is detected.
+    RoPE makes rotated q/k copies (the Triton attention kernel avoids them): by torch as upstream does, or by
+    ``rope_fn(qkv, num_heads, num_kv_heads, cos, sin) -> (q [B, H, L, D], k [B, KV, L, D])`` (the dispatcher
+    passes the one-pass Triton RoPE when it can run). ``use_flash``: None = flash_attn when importable and
+    the inputs suit it (CUDA, fp16/bf16). ``sdpa_causal_top_left`` exists only so a test can show that the
+    wrong alignment is detected.
     """
     from torch.nn.attention.bias import causal_lower_right
 
     D = validate(qkv, n_visual, num_heads, num_kv_heads, cos, sin, out)
     B, L, _ = qkv.shape
     n = n_visual
-    q, k, v = rotated_qkv(qkv, num_heads, num_kv_heads, cos, sin)
+    if rope_fn is None:
+        q, k, v = rotated_qkv(qkv, num_heads, num_kv_heads, cos, sin)
+    else:
+        q, k = rope_fn(qkv, num_heads, num_kv_heads, cos, sin)
+        v = split_heads(qkv, num_heads, num_kv_heads)[2]
     if out is None:
         out = torch.empty(B, L, num_heads * D, device=qkv.device, dtype=qkv.dtype)
     flash_ok = flash_attn_available() and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16)
@@ -187,7 +197,11 @@ def flow_attention_library(qkv: torch.Tensor, n_visual: int, num_heads: int, num
     if sdpa_causal_top_left:
         qry = F.scaled_dot_product_attention(q[:, :, n:], k, v, is_causal=True, enable_gqa=True)
     else:
-        qry = F.scaled_dot_product_attention(q[:, :, n:], k, v, attn_mask=causal_lower_right(n, L), enable_gqa=True)
+        # torch.compile cannot build a CausalBias (dynamo graph break, torch 2.13): there the same lower-right
+        # rule goes in as an [n, 2n] bool mask computed by index (the query rows of flow_mask_bool)
+        lower_right = (flow_mask_bool(n, qkv.device)[n:] if torch.compiler.is_compiling()
+                       else causal_lower_right(n, L))
+        qry = F.scaled_dot_product_attention(q[:, :, n:], k, v, attn_mask=lower_right, enable_gqa=True)
     out[:, :n].copy_(vis.transpose(1, 2).reshape(B, n, -1))
     out[:, n:].copy_(qry.transpose(1, 2).reshape(B, n, -1))
     return out, "sdpa-causal_lower_right"

@@ -22,9 +22,15 @@ Rounding against upstream (which rotates in the activation dtype, rounding ``x*c
 their sum, with the tables rounded to the activation dtype): here the rotation runs in fp32 with the fp32
 tables and is rounded once to the input dtype before the tensor-core dot; softmax in fp32 (base 2),
 ``p`` rounded to the input dtype for the PV dot, accumulation in fp32. For float32 inputs the dots are
-IEEE fp32. Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot`` multiplies raw bits (Triton issue 11584), so
-``INTERP_BF16`` feeds the dots fp32 operands there (bf16 values, exact in fp32), and it converts
-fp32 -> bf16 by truncation, so ``_round_lp`` rounds to nearest even on the bits there (what the GPU does).
+IEEE fp32 (the accuracy path, not a fast one: FMA dots). Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot``
+multiplies raw bits (Triton issue 11584), so ``INTERP_BF16`` feeds the dots fp32 operands there (bf16
+values, exact in fp32); the interpreter also converts fp32 -> bf16 by truncation, so ``_round_lp`` rounds
+to nearest even on the bits there (what the GPU does).
+
+Cost note: every program rotates each K tile it visits (k halves and fp32 cos/sin halves: 4 table loads
+of ``[BLOCK_N, D/2]`` fp32 from L1/L2, ~6 ops per element), about half the elementwise work of the
+softmax of a 128-row tile; that is the price of "no rotated copy". It is also what sets the register
+use (see CONFIGS).
 """
 
 from __future__ import annotations
@@ -215,6 +221,64 @@ def flow_attention_fwd(qkv: torch.Tensor, n_visual: int, num_heads: int, num_kv_
 
 
 # ------------------------------------------------------------------------------------------------
+# RoPE for the library route: q and k of the fused projection rotated in one pass
+# ------------------------------------------------------------------------------------------------
+
+ROPE_BLOCK_L = 32
+
+
+@triton.jit
+def _rope_qk_fwd_kernel(QKV, COS, SIN, OUT, L,
+                        stride_qkv_b, stride_qkv_l, stride_out_b, stride_out_l, stride_cs_l,
+                        HEAD_DIM: tl.constexpr, BLOCK_L: tl.constexpr, NUM_QK_HEADS: tl.constexpr,
+                        INTERP_BF16: tl.constexpr):
+    """``OUT[b, l, j] = rope(qkv[b, l, j*D:(j+1)*D])`` for the ``NUM_QK_HEADS = H + KV`` q and k heads (v is
+    read in place by the attention calls). One rounding to the input dtype, as the attention kernel does."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    pid_l = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_QK_HEADS
+    j = pid_bh % NUM_QK_HEADS
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_h = tl.arange(0, HALF)
+    ok = (offs_l < L)[:, None]
+    src = QKV + b.to(tl.int64) * stride_qkv_b + offs_l[:, None] * stride_qkv_l + j * HEAD_DIM + offs_h[None, :]
+    x1 = tl.load(src, mask=ok, other=0.0)
+    x2 = tl.load(src + HALF, mask=ok, other=0.0)
+    cs = offs_l[:, None] * stride_cs_l + offs_h[None, :]
+    c1 = tl.load(COS + cs, mask=ok, other=0.0).to(tl.float32)
+    c2 = tl.load(COS + cs + HALF, mask=ok, other=0.0).to(tl.float32)
+    s1 = tl.load(SIN + cs, mask=ok, other=0.0).to(tl.float32)
+    s2 = tl.load(SIN + cs + HALF, mask=ok, other=0.0).to(tl.float32)
+    x1f = x1.to(tl.float32)
+    x2f = x2.to(tl.float32)
+    y1 = _round_lp(x1f * c1 - x2f * s1, x1.dtype, INTERP_BF16)
+    y2 = _round_lp(x2f * c2 + x1f * s2, x1.dtype, INTERP_BF16)
+    dst = OUT + b.to(tl.int64) * stride_out_b + offs_l[:, None] * stride_out_l + j * HEAD_DIM + offs_h[None, :]
+    tl.store(dst, y1.to(OUT.dtype.element_ty), mask=ok)
+    tl.store(dst + HALF, y2.to(OUT.dtype.element_ty), mask=ok)
+
+
+def rope_qk_fwd(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor, sin: torch.Tensor,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``qkv [B, L, (H+2KV)*D]`` (last dim contiguous) -> rotated q and k ``[B, L, H+KV, D]`` (contiguous)."""
+    B, L, W = qkv.shape
+    D = W // (num_heads + 2 * num_kv_heads)
+    nqk = num_heads + num_kv_heads
+    if out is None:
+        out = torch.empty((B, L, nqk, D), device=qkv.device, dtype=qkv.dtype)
+    if B == 0:
+        return out
+    cos = cos.contiguous()
+    sin = sin.contiguous()
+    _rope_qk_fwd_kernel[(triton.cdiv(L, ROPE_BLOCK_L), B * nqk)](
+        qkv, cos, sin, out, L, qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), cos.stride(0),
+        HEAD_DIM=D, BLOCK_L=ROPE_BLOCK_L, NUM_QK_HEADS=nqk,
+        INTERP_BF16=bool(interpreter_active() and qkv.dtype == torch.bfloat16), num_warps=4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # Ahead-of-time compile specs (consumed by kernels/_aot.py)
 # ------------------------------------------------------------------------------------------------
 
@@ -253,4 +317,17 @@ def aot_specs() -> List[dict]:
                 "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "dtype": dtype,
                 "flops": flops, "bytes": nbytes,
             })
+    for dtype in ("fp16", "bf16"):  # the library route's RoPE pass, same shapes
+        sig = {"QKV": f"*{dtype}", "COS": "*fp32", "SIN": "*fp32", "OUT": f"*{dtype}", "L": "i32",
+               "stride_qkv_b": "i32", "stride_qkv_l": "i32", "stride_out_b": "i32", "stride_out_l": "i32",
+               "stride_cs_l": "i32", "HEAD_DIM": "constexpr", "BLOCK_L": "constexpr", "NUM_QK_HEADS": "constexpr",
+               "INTERP_BF16": "constexpr"}
+        rows = 8 * 512 * 16  # batch 8 global views x (14 + 2) heads
+        specs.append({
+            "op": "flow_attention", "name": f"flow_attention-rope_qk-{dtype}", "fn": _rope_qk_fwd_kernel,
+            "signature": sig, "constexprs": {"HEAD_DIM": 64, "BLOCK_L": ROPE_BLOCK_L, "NUM_QK_HEADS": 16,
+                                             "INTERP_BF16": False},
+            "num_warps": 4, "num_stages": 1, "dtype": dtype,
+            "flops": 6.0 * rows * 64, "bytes": 2.0 * 2 * rows * 64,
+        })
     return specs

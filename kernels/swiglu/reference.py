@@ -25,5 +25,5 @@ def validate(gate_up: torch.Tensor) -> int:
 
 def swiglu_ref(gate_up: torch.Tensor) -> torch.Tensor:
     """Upstream's two steps in the activation dtype: ``silu(gate)`` rounded, then ``* up`` rounded."""
-    I = validate(gate_up)
-    return F.silu(gate_up[..., :I]) * gate_up[..., I:]
+    half = validate(gate_up)
+    return F.silu(gate_up[..., :half]) * gate_up[..., half:]

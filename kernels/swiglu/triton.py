@@ -17,13 +17,13 @@ BLOCK = 1024
 
 
 @triton.jit
-def _swiglu_fwd_kernel(GU, OUT, I, stride_gu_row, stride_out_row,
+def _swiglu_fwd_kernel(GU, OUT, n_half, stride_gu_row, stride_out_row,
                        BLOCK: tl.constexpr, ROUND_BITS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < I
+    mask = cols < n_half
     g = tl.load(GU + row * stride_gu_row + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(GU + row * stride_gu_row + I + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(GU + row * stride_gu_row + n_half + cols, mask=mask, other=0.0).to(tl.float32)
     o = g / (1.0 + tl.exp(-g)) * u
     if ROUND_BITS:
         bits = o.to(tl.uint32, bitcast=True)
@@ -34,25 +34,25 @@ def _swiglu_fwd_kernel(GU, OUT, I, stride_gu_row, stride_out_row,
 def swiglu_fwd(gu2, out2, round_bits=False):
     """2-D launcher: ``gu2 [R, 2I]`` rows (last dim contiguous) -> ``out2 [R, I]``."""
     R, W = gu2.shape
-    I = W // 2
+    n_half = W // 2
     if R == 0:
         return out2
-    _swiglu_fwd_kernel[(R, triton.cdiv(I, BLOCK))](gu2, out2, I, gu2.stride(0), out2.stride(0),
+    _swiglu_fwd_kernel[(R, triton.cdiv(n_half, BLOCK))](gu2, out2, n_half, gu2.stride(0), out2.stride(0),
                                                     BLOCK=BLOCK, ROUND_BITS=round_bits, num_warps=4)
     return out2
 
 
 def aot_specs():
     """Ahead-of-time compile specs (see kernels/_aot.py): Qwen2's MLP, I = 4864, batch 8 global views."""
-    rows, I = 8 * 512, 4864
+    rows, n_half = 8 * 512, 4864
     specs = []
     for dtype, ty in (("fp16", "*fp16"), ("bf16", "*bf16")):
         specs.append({
-            "op": "swiglu", "name": f"swiglu-I{I}-{dtype}", "fn": _swiglu_fwd_kernel,
-            "signature": {"GU": ty, "OUT": ty, "I": "i32", "stride_gu_row": "i32", "stride_out_row": "i32",
+            "op": "swiglu", "name": f"swiglu-I{n_half}-{dtype}", "fn": _swiglu_fwd_kernel,
+            "signature": {"GU": ty, "OUT": ty, "n_half": "i32", "stride_gu_row": "i32", "stride_out_row": "i32",
                           "BLOCK": "constexpr", "ROUND_BITS": "constexpr"},
             "constexprs": {"BLOCK": BLOCK, "ROUND_BITS": False},
             "num_warps": 4, "num_stages": 1, "dtype": dtype,
-            "flops": 5.0 * rows * I, "bytes": 2.0 * 3 * rows * I,
+            "flops": 5.0 * rows * n_half, "bytes": 2.0 * 3 * rows * n_half,
         })
     return specs

@@ -102,13 +102,17 @@ def test_library_route_and_wrong_causal_alignment_is_detected(dt):
     out = flow_attention(qkv.to(dtype), n, H, KV, cos, sin, backend="library")
     assert last_backend("flow_attention") == "library"
     want_route = "flash_attn" if (HAS_CUDA and ref_mod.flash_attn_available() and dtype != torch.float32) else "sdpa"
-    assert last_backend_reason("flow_attention").startswith(want_route)
+    why = last_backend_reason("flow_attention")
+    assert why.startswith(want_route) and "rope=triton" in why, why  # the one-pass RoPE (CUDA or interpreter)
     check(out, ref_lp, ref64, dtype)
+    good, route = flow_attention_library(qkv.to(dtype), n, H, KV, cos, sin, use_flash=False)  # torch RoPE
+    assert route == "sdpa-causal_lower_right"
+    check(good, ref_lp, ref64, dtype, what="library, torch RoPE")
     bad, _ = flow_attention_library(qkv.to(dtype), n, H, KV, cos, sin, use_flash=False, sdpa_causal_top_left=True)
     with pytest.raises(AssertionError):
         check(bad, ref_lp, ref64, dtype, what="top-left causal")
     # the visual half is untouched by the alignment; every query row but the last is wrong
-    torch.testing.assert_close(bad[:, :n], out[:, :n], rtol=0, atol=0)
+    torch.testing.assert_close(bad[:, :n], good[:, :n], rtol=0, atol=0)
     assert max_err(bad[:, n:2 * n - 1], ref64[:, n:2 * n - 1]) > 0.05
 
 
@@ -121,6 +125,7 @@ CASES = [
     (1, 25, 4, 2, "fp16"),
     (1, 72, 2, 1, "bf16"),
     (2, 19, 2, 2, "fp32"),
+    (1, 144, 2, 1, "fp16"),  # the real 768-tile length (L = 288): 5 row blocks, up to 5 key tiles each
 ]
 
 
@@ -140,20 +145,21 @@ def test_triton_matches_reference(B, n, H, KV, dt):
 
 @pytest.mark.interpreter
 def test_triton_reads_strided_qkv_and_writes_into_a_slice():
-    """qkv as a column slice of a wider buffer (non-contiguous rows), out as a batch slice of a bigger
-    NaN-poisoned buffer: only the slice is written."""
+    """qkv as a column slice of a wider buffer (non-contiguous rows), out as a batch and column slice of a
+    bigger NaN-poisoned buffer: only the slice is written."""
     B, n, H, KV = 2, 11, 4, 2
     qkv, cos, sin = make(B, n, H, KV, seed=5)
     wide = torch.randn(B, 2 * n, qkv.shape[-1] + 96, dtype=torch.float32, device=DEVICE)
     wide[..., 32:32 + qkv.shape[-1]] = qkv.float()
     view = wide[..., 32:32 + qkv.shape[-1]]
     assert not view.is_contiguous()
-    big = poison(torch.empty(B + 1, 2 * n, H * D, device=DEVICE))
-    got = flow_attention(view, n, H, KV, cos, sin, backend="triton", out=big[1:])
-    assert got.data_ptr() == big[1:].data_ptr()
-    assert torch.isnan(big[0]).all()
+    big = poison(torch.empty(B + 1, 2 * n, H * D + 64, device=DEVICE))
+    dst = big[1:, :, 32:32 + H * D]  # a batch and column slice: rows of stride H*D + 64
+    got = flow_attention(view, n, H, KV, cos, sin, backend="triton", out=dst)
+    assert got.data_ptr() == dst.data_ptr()
+    assert torch.isnan(big[0]).all() and torch.isnan(big[1:, :, :32]).all() and torch.isnan(big[1:, :, -32:]).all()
     ref_lp, ref64 = refs(qkv, n, H, KV, cos, sin, torch.float32)
-    check(big[1:], ref_lp, ref64, torch.float32)
+    check(dst, ref_lp, ref64, torch.float32)
 
 
 @pytest.mark.interpreter
@@ -201,6 +207,11 @@ def test_backends_direct_and_auto():
     torch.testing.assert_close(o_t, o_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o_l, o_r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o_a, o_t, rtol=0, atol=0)
+    for be, want in (("triton", o_t), ("library", o_l), ("torch", o_r), ("auto", o_t)):  # out= on every route
+        buf = poison(torch.empty(B, 2 * n, H * D, device=DEVICE))
+        got = flow_attention(x, n, H, KV, cos, sin, backend=be, out=buf)
+        assert got.data_ptr() == buf.data_ptr(), be
+        torch.testing.assert_close(buf, want, rtol=0, atol=0)
 
 
 def test_kill_switch(monkeypatch):
@@ -211,6 +222,8 @@ def test_kill_switch(monkeypatch):
         flow_attention(qkv.float(), 4, 2, 1, cos, sin)
         assert last_backend("flow_attention") == want
         assert var in last_backend_reason("flow_attention")
+        flow_attention(qkv.float(), 4, 2, 1, cos, sin, backend="library")  # and its RoPE pass goes to torch
+        assert f"rope=torch: {var}" in last_backend_reason("flow_attention")
         monkeypatch.delenv(var)
 
 
@@ -246,7 +259,7 @@ def test_validation_errors_are_one_line():
         ((nc, 4, 2, 1, cos, sin), {}, ValueError, "last dim must be contiguous"),
         ((x, 4, 2, 1, cos, sin), {"out": torch.empty(1, 8, 64, device=DEVICE)}, ValueError, "out must be"),
         ((x, 4, 2, 1, cos, sin), {"out": torch.empty(1, 128, 8, device=DEVICE).transpose(1, 2)}, ValueError,
-         "contiguous rows"),
+         "out last dim must be contiguous"),
     ]
     for args, kw, exc, pat in bad:
         for backend in ("triton", "library", "torch", "auto"):
@@ -261,10 +274,9 @@ def test_pick_config_and_aot_specs():
     for c in tri.CONFIGS:
         assert c.BLOCK_M >= 16 and c.BLOCK_N >= 16  # tl.dot tiles
     specs = tri.aot_specs()
-    assert len(specs) == 2 * len(tri.CONFIGS) and len({s["name"] for s in specs}) == len(specs)
-    args = tri._flow_attention_fwd_kernel.arg_names
+    assert len(specs) == 2 * len(tri.CONFIGS) + 2 and len({s["name"] for s in specs}) == len(specs)
     for s in specs:
-        assert set(s["signature"]) == set(args)
+        assert set(s["signature"]) == set(s["fn"].arg_names)
         assert {k for k, v in s["signature"].items() if v == "constexpr"} == set(s["constexprs"])
         assert s["signature"]["QKV"] == "*" + s["dtype"] and s["flops"] > 0 and s["bytes"] > 0
     # the FLOP count is the allowed pairs only: 2.5 n^2 of the dense 4 n^2
@@ -299,6 +311,32 @@ def test_custom_ops_opcheck_and_compile():
     got = torch.compile(g, backend="aot_eager", fullgraph=True)(x, cos, sin, o2)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(o2, ref, rtol=1e-5, atol=1e-5)
+    # the library route's RoPE pass: its op, and the route traced whole
+    from deepencoder.kernels.flow_attention.op import _rope_qk_op
+
+    torch.library.opcheck(_rope_qk_op, (x, H, KV, cos, sin))
+    f_lib = torch.compile(lambda a, c, s: flow_attention(a, n, H, KV, c, s, backend="library"), backend="aot_eager",
+                          fullgraph=True)
+    torch.testing.assert_close(f_lib(x, cos, sin), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dt", ["fp32", "fp16", "bf16"])
+def test_rope_pass_writes_every_element(dt):
+    """The library route's one-pass RoPE into a NaN-poisoned buffer: odd L, batch 1, strided qkv; against
+    the float64 rotation (same-dtype rule vs upstream's rotation in that dtype)."""
+    dtype = DT[dt]
+    B, n, H, KV = 1, 7, 14, 2
+    qkv, cos, sin = make(B, n, H, KV, seed=41)
+    wide = torch.zeros(B, 2 * n, qkv.shape[-1] + 64, device=DEVICE, dtype=dtype)
+    wide[..., :qkv.shape[-1]] = qkv.to(dtype)
+    x = wide[..., :qkv.shape[-1]]
+    out = poison(torch.empty(B, 2 * n, H + KV, D, device=DEVICE, dtype=dtype))
+    tri.rope_qk_fwd(x, H, KV, cos, sin, out=out)
+    q64, k64, _ = ref_mod.rotated_qkv(qkv.double(), H, KV, cos.double(), sin.double())
+    q_lp, k_lp, _ = ref_mod.rotated_qkv(qkv.to(dtype), H, KV, cos, sin)
+    assert_same_dtype_rule(out[:, :, :H].transpose(1, 2).cpu(), q_lp.cpu(), q64.cpu(), what="rope q")
+    assert_same_dtype_rule(out[:, :, H:].transpose(1, 2).cpu(), k_lp.cpu(), k64.cpu(), what="rope k")
 
 
 # ------------------------------------------------------------------------------------------------ GPU
@@ -329,3 +367,27 @@ def test_cuda_real_shapes_all_routes(n):
         out = poison(torch.empty(B, 2 * n, H * D, device=DEVICE, dtype=torch.bfloat16))
         tri.flow_attention_fwd(x, n, H, KV, cos, sin, out=out, config=cfg)
         check(out, ref_lp, ref64, torch.bfloat16, what=f"config {cfg}")
+
+
+@pytest.mark.interpreter
+def test_ocr2_ops_trace_together_with_auto():
+    """What a Qwen2 layer of the fast path calls, with ``backend="auto"``: one fullgraph trace, same values."""
+    from deepencoder.kernels.add_rmsnorm import add_rmsnorm, rms_norm
+    from deepencoder.kernels.swiglu import swiglu
+
+    B, n, H, KV = 1, 4, 2, 1
+    qkv, cos, sin = make(B, n, H, KV, seed=31)
+    x = torch.randn(B, 2 * n, H * D, device=DEVICE)
+    w = 1 + 0.1 * torch.randn(H * D, device=DEVICE)
+    gu = torch.randn(B, 2 * n, 4 * H * D, device=DEVICE)
+
+    def layer(qkv, x, w, gu):
+        o = flow_attention(qkv, n, H, KV, cos, sin)
+        s, h = add_rmsnorm(x, o, w, 1e-6)
+        return s, rms_norm(h, w, 1e-6), swiglu(gu)
+
+    got = torch.compile(layer, backend="aot_eager", fullgraph=True)(qkv.float(), x, w, gu)
+    want = layer(qkv.float(), x, w, gu)
+    assert last_backend("flow_attention") == "triton"
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -27,7 +27,7 @@ from .. import __version__
 from ..modes import DEFAULT_MAX_TILES, vision_token_count
 from .font import FONT_LICENSE, FONT_NAME, font_info, rasteriser_versions
 from .planner import Plan, _fmt_age
-from .progress import Progress
+from ..progress import Progress
 from .render import DEFAULT_DENSITY, DEFAULT_MAX_PAGES, Layout, layout_text
 from .tokens import compression_table, format_compression_table, format_table, make_counter
 

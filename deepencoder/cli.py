@@ -501,8 +501,15 @@ def _add_model_args(p):
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and where to look), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deepencoder", description="Fast, faithful DeepSeek-OCR vision encoder")
+    ap = OneLineParser(prog="deepencoder", description="Fast, faithful DeepSeek-OCR vision encoder")
     sub = ap.add_subparsers(dest="cmd", required=True)
     pe = sub.add_parser("encode", help="encode images/folders to safetensors token files")
     pe.add_argument("inputs", nargs="+", help="image files and/or folders")

@@ -133,8 +133,9 @@ def check_image_header(path: str):
             with Image.open(path) as im:
                 w, h = im.size
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise limits.LimitError(f"{path}: the image is larger than {limits.IMAGE_PIXELS.value:,} pixels "
-                                f"(raise the limit with {limits.IMAGE_PIXELS.env}=N)") from None
+        raise limits.LimitError(f"{path}: the image is over the limit of {limits.IMAGE_PIXELS.value:,} "
+                                f"{limits.IMAGE_PIXELS.what} (raise it with the environment variable "
+                                f"{limits.IMAGE_PIXELS.env}=N)") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
         raise ValueError(f"{path}: not a readable image ({e})") from None
     if w < 1 or h < 1:
@@ -364,6 +365,8 @@ def cmd_encode(args) -> int:
         o, why = mismatched[0]
         raise CLIError(f"{len(mismatched)} output file(s) exist from a different request, e.g. {o} ({why}); "
                        "pass --force to replace them, or choose another --out")
+    if len(failures) == 1 and not todo and not done_before:  # the single input is bad: just that line
+        raise CLIError(failures[0][1])
     for _, reason in failures:
         print(f"deepencoder: error: {reason}", file=sys.stderr)
     if done_before:

@@ -100,9 +100,6 @@ class DeepEncoder:
         self.random_weights = weights is None
         if weights is None:
             init_random_(self.model, seed)
-            # The CLI prints its own notice and filters this category; the Python API must say it too.
-            warnings.warn(RANDOM_WEIGHTS_WARNING.replace("no --weights given", "no weights given"),
-                          RandomWeightsWarning, stacklevel=2)
         else:
             load_checkpoint(self.model, weights, strict=strict)
         self.model.to(device=self.device, dtype=self.dtype).eval()
@@ -112,6 +109,9 @@ class DeepEncoder:
         self.requested_backend = backend
         self.backend = self._resolve_backend(backend)
         self._fast = None
+        if self.random_weights:  # the CLI prints its own notice and filters this category
+            warnings.warn(RANDOM_WEIGHTS_WARNING.replace("no --weights given", "no weights given"),
+                          RandomWeightsWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ backends
     def _resolve_backend(self, backend: str) -> str:

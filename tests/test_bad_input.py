@@ -125,13 +125,13 @@ def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, capsys, monkey
 
 # ---------------------------------------------------------------------------------------------- failure policy
 def test_bad_input_mid_batch_encodes_the_rest_and_exits_2(tmp_path, capsys):
-    good1 = page(tmp_path / "in" / "a.png", seed=1)
+    page(tmp_path / "in" / "a.png", seed=1)
     bad = tmp_path / "in" / "b.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     trunc = tmp_path / "in" / "c.png"  # a valid header (passes the up-front check), truncated data
     page(trunc, 400, 300, seed=5)
     trunc.write_bytes(trunc.read_bytes()[:200])
-    good2 = page(tmp_path / "in" / "d.png", seed=2)
+    page(tmp_path / "in" / "d.png", seed=2)
     out = tmp_path / "o"
     rc = main(["encode", str(tmp_path / "in"), "--mode", "tiny", "--out", str(out)] + SMALL)
     cap = capsys.readouterr()
@@ -142,7 +142,6 @@ def test_bad_input_mid_batch_encodes_the_rest_and_exits_2(tmp_path, capsys):
     assert any("c.png" in ln for ln in errs[:-1])  # reported when it failed, with its reason
     assert "2 of 4 input(s) failed" in errs[-1] and "Traceback" not in cap.err
     assert "wrote 2 file(s)" in cap.out
-    assert good1 and good2
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -286,7 +285,6 @@ def test_api_warns_random_weights_once_per_construction():
 
 
 def test_api_refuses_non_finite_pixels(enc):
-    s = enc.config.sam.img_size if hasattr(enc.config.sam, "img_size") else 64
     g = torch.Generator().manual_seed(0)
     pix = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     pix[1, 2, 5, 7] = float("nan")
@@ -295,7 +293,6 @@ def test_api_refuses_non_finite_pixels(enc):
     pix[1, 2, 5, 7] = float("inf")
     with pytest.raises(ValueError, match="1 non-finite"):
         enc.encode_pixels(pix)
-    assert s
 
 
 def test_api_refuses_non_finite_output():

@@ -104,7 +104,9 @@ def output_paths(inputs: Sequence[str], out_dir: str) -> List[str]:
 def _one_line(msg: str, limit: int = 600) -> str:
     """Errors print on one line: a multi-line message (e.g. a checkpoint's key lists) is joined."""
     parts = [x.strip() for x in str(msg).splitlines() if x.strip()]
-    line = "; ".join(parts) if parts else str(msg)
+    line = parts[0] if parts else str(msg)
+    for prev, x in zip(parts, parts[1:]):  # "title:" + its items read as one clause
+        line += (" " if prev.endswith(":") else "; ") + x
     if len(line) > limit:
         line = line[:limit] + " ... (rerun with --debug for the full message)"
     return line
@@ -238,7 +240,8 @@ def preflight_weights(path: str, cfg) -> None:
     try:
         preflight_checkpoint(path, model)
     except (CheckpointError, OSError) as e:
-        raise CLIError(f"--weights {path}: {_one_line(e)}") from None
+        msg = _one_line(e)
+        raise CLIError(f"--weights: {msg}" if path in msg else f"--weights {path}: {msg}") from None
 
 
 def preflight_out_dir(out: str, flag: str = "--out") -> None:

@@ -31,7 +31,9 @@ conversation file: JSON list of turns, {"turns": [...]}, or JSONL (one turn per 
   with neither field the position is the age (last turn = 0). "content" is accepted for "text"."""
 
 
-def _positive_int(flag: str, zero: bool = False):  # flag: for the reader; argparse names it
+def _positive_int(flag: str, zero: bool = False):
+    """argparse type for ``flag``; argparse itself prefixes the message with the flag's name."""
+
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -45,6 +47,8 @@ def _positive_int(flag: str, zero: bool = False):  # flag: for the reader; argpa
 
 
 def _positive_float(flag: str):
+    """argparse type: a positive finite float (``nan``, ``inf``, ``0`` are refused)."""
+
     def parse(s: str) -> float:
         try:
             v = float(s)

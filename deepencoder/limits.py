@@ -47,7 +47,8 @@ class Limit:
 # Pillow's own decompression-bomb threshold (it only warns below twice this); here it is a hard error.
 IMAGE_PIXELS = Limit("DEEPENCODER_MAX_IMAGE_PIXELS", 89_478_485, "decoded image pixels")
 PAGE_PIXELS = Limit("DEEPENCODER_MAX_PAGE_PIXELS", 4096 * 4096, "page pixels")
-TILES = Limit("DEEPENCODER_MAX_TILES_LIMIT", 16, "Gundam tiles per image")
+# The same variable and default as deepencoder.modes.max_tiles_limit on main (one cap, two entry points).
+TILES = Limit("DEEPENCODER_MAX_TILES_LIMIT", 36, "Gundam tiles per image")
 BATCH = Limit("DEEPENCODER_MAX_BATCH", 256, "pages per encoder call")
 
 

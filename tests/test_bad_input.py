@@ -192,7 +192,7 @@ def test_one_line_error_before_model_build(tmp_path, capsys, monkeypatch, case):
     if case == "max_tiles_0":
         extra, needles = ["--max-tiles", "0"], ["--max-tiles 0"]
     elif case == "max_tiles_huge":
-        extra, needles = ["--max-tiles", "100"], ["over the limit of 16", "DEEPENCODER_MAX_TILES_LIMIT"]
+        extra, needles = ["--max-tiles", "100"], ["over the limit of 36", "DEEPENCODER_MAX_TILES_LIMIT"]
     elif case == "device_gpu_missing":
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         extra, needles = ["--device", "cuda"], ["--device cuda", "not available"]

@@ -479,7 +479,7 @@ def test_tokenizer_spec_errors_are_clear():
     (["--density", "nan"], "positive finite"),
     (["--batch-size", "0"], "must be >= 1"),
     (["--batch-size", "100000"], "over the limit of 256"),
-    (["--max-tiles", "100"], "over the limit of 16"),
+    (["--max-tiles", "100"], "over the limit of 36"),
     (["--max-tiles", "0"], "at least 2"),
     (["--tokenizer", "os:sep"], "not a callable"),
     (["--font-size", "-4"], "must be >= 1"),

@@ -235,8 +235,10 @@ def preflight_weights(path: str, cfg) -> None:
     from . import encoder
     from .weights import CheckpointError, preflight_checkpoint
 
+    # main's encoder.py builds through models.reference_model (OCR-1 and OCR-2); this branch's has the class
+    build = getattr(encoder, "reference_model", None) or encoder.DeepEncoderReference
     with torch.device("meta"):
-        model = encoder.DeepEncoderReference(cfg)
+        model = build(cfg)
     try:
         preflight_checkpoint(path, model)
     except (CheckpointError, OSError) as e:

@@ -34,6 +34,7 @@ BACKENDS = ("auto", "reference", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
+
 class RandomWeightsWarning(UserWarning):
     """A :class:`DeepEncoder` was built without weights: its outputs are meaningless."""
 

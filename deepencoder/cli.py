@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import os
 import sys
+import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
+from . import limits
 from .modes import DEFAULT_MAX_TILES, MODES, TILE_GRID, get_mode
+from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -23,61 +28,122 @@ class CLIError(Exception):
     """A user error: printed as one clear line, exit code 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, with what was kept: printed as one line, exit code 130."""
+
+
+ENCODE_FORMAT = "deepencoder.encode/1"
+
+
 def collect_inputs(paths: Sequence[str], recursive: bool = False) -> List[str]:
-    """Expand files and folders into a list of image files (sorted within a folder)."""
+    """Expand files and folders into a list of image files (sorted within a folder); a file named twice
+    (directly, or also through its folder) is encoded once."""
     out: List[str] = []
+    seen = set()
     for p in paths:
         if os.path.isdir(p):
             found = []
-            walker = os.walk(p) if recursive else [(p, [], os.listdir(p))]
-            for root, _, files in walker:
-                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)]
+            try:
+                walker = os.walk(p) if recursive else [(p, [], os.listdir(p))]
+                for root, _, files in walker:
+                    found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)
+                              and os.path.isfile(os.path.join(root, f))]
+            except OSError as e:
+                raise CLIError(f"{p}: cannot list folder ({e.strerror or e})") from None
             if not found:
-                raise CLIError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-            out += sorted(found)
+                raise CLIError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})"
+                               + ("" if recursive else "; pass --recursive to look in sub-folders"))
+            new = sorted(found)
         elif os.path.exists(p):
             if p.lower().endswith(".pdf"):
                 raise CLIError(f"{p}: PDF input is not supported yet; render its pages to PNG first "
                                "(e.g. pdftoppm -r 150 -png FILE.pdf page)")
-            out.append(p)
+            new = [p]
         else:
             raise CLIError(f"input not found: {p}")
+        for f in new:
+            key = os.path.realpath(f)
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
     if not out:
         raise CLIError("no inputs given")
     return out
 
 
 def output_paths(inputs: Sequence[str], out_dir: str) -> List[str]:
-    """One ``<stem>.safetensors`` per input; duplicate stems get ``-1``, ``-2`` suffixes."""
-    seen = {}
-    paths = []
-    for p in inputs:
-        stem = os.path.splitext(os.path.basename(p))[0] or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        name = stem if n == 0 else f"{stem}-{n}"
-        paths.append(os.path.join(out_dir, name + ".safetensors"))
-    return paths
+    """Output file per input, unique by construction, chosen once for the whole run.
+
+    Each input's path relative to the inputs' common folder is mirrored under ``out_dir``
+    (``a/page.png b/page.png`` -> ``out/a/page.safetensors``, ``out/b/page.safetensors``). If two inputs
+    would still share a name (``page.png`` and ``page.jpg`` in one folder), every output of the run keeps
+    its input's extension (``page.png.safetensors``), which is unique because the inputs are. Nothing
+    here depends on what is already in ``out_dir``, so a rerun maps every input to the same file.
+    """
+    absp = [os.path.abspath(p) for p in inputs]
+    base = os.path.commonpath([os.path.dirname(a) for a in absp])
+    rels = [os.path.relpath(a, base) for a in absp]
+
+    def names(keep_ext: bool) -> List[str]:
+        return [(r if keep_ext else os.path.splitext(r)[0]) + ".safetensors" for r in rels]
+
+    for keep_ext in (False, True):
+        cand = names(keep_ext)
+        # casefold: two names that differ only in case are one file on macOS and Windows
+        if len({c.casefold() for c in cand}) == len(cand):
+            return [os.path.join(out_dir, c) for c in cand]
+    seen: dict = {}
+    for inp, c in zip(inputs, names(True)):
+        if c.casefold() in seen:
+            raise CLIError(f"inputs {seen[c.casefold()]} and {inp} differ only in letter case; their outputs "
+                           "would be one file on some systems: rename one")
+        seen[c.casefold()] = inp
+    raise AssertionError("unreachable")
 
 
-class Progress:
-    """A small stderr progress bar (only for more than one input, only on a terminal or when forced)."""
+def _one_line(msg: str, limit: int = 600) -> str:
+    """Errors print on one line: a multi-line message (e.g. a checkpoint's key lists) is joined."""
+    parts = [x.strip() for x in str(msg).splitlines() if x.strip()]
+    line = parts[0] if parts else str(msg)
+    for prev, x in zip(parts, parts[1:]):  # "title:" + its items read as one clause
+        line += (" " if prev.endswith(":") else "; ") + x
+    if len(line) > limit:
+        line = line[:limit] + " ... (rerun with --debug for the full message)"
+    return line
 
-    def __init__(self, total: int, enabled: Optional[bool] = None):
-        self.total, self.n, self.t0 = total, 0, time.perf_counter()
-        self.enabled = (total > 1 and sys.stderr.isatty()) if enabled is None else enabled
 
-    def step(self, label: str = "") -> None:
-        self.n += 1
-        if not self.enabled:
-            return
-        w = 30
-        done = int(w * self.n / self.total)
-        el = time.perf_counter() - self.t0
-        sys.stderr.write(f"\r[{'#' * done}{'.' * (w - done)}] {self.n}/{self.total} {el:6.1f}s {label[:40]:<40}")
-        if self.n == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_image_header(path: str):
+    """Open an image's header only (no decode): (width, height); one-line errors for unreadable files
+    and for images over :data:`deepencoder.limits.IMAGE_PIXELS`."""
+    import warnings
+
+    from PIL import Image
+
+    # Pillow's decompression-bomb check runs in open(); make it ours: a hard error at our limit.
+    Image.MAX_IMAGE_PIXELS = limits.IMAGE_PIXELS.value
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise limits.LimitError(f"{path}: the image is over the limit of {limits.IMAGE_PIXELS.value:,} "
+                                f"{limits.IMAGE_PIXELS.what} (raise it with the environment variable "
+                                f"{limits.IMAGE_PIXELS.env}=N)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"{path}: image has size {w}x{h}")
+    limits.IMAGE_PIXELS.check(w * h, f"{path} ({w}x{h})")
+    return w, h
 
 
 def format_table(rows: List[dict]) -> str:
@@ -104,14 +170,106 @@ def row_for(res, name: str) -> dict:
             "time (s)": f"{res.seconds:.2f}"}
 
 
-def _make_encoder(args):
-    from .config import DeepEncoderConfig
-    from .encoder import RANDOM_WEIGHTS_WARNING, DeepEncoder
+# ---------------------------------------------------------------------------------------------- preflight
+# Everything a user can get wrong is checked here, before the model build (seconds) and before any file
+# is touched: limits, device / backend / dtype, the checkpoint's headers, the output folder.
 
-    cfg = DeepEncoderConfig.small_test() if getattr(args, "config", "deepseek-ocr") == "small-test" \
+
+def preflight_model_args(args) -> Tuple[str, "object"]:
+    """Check ``--max-tiles``, ``--device``, ``--dtype``, ``--backend``, ``--cuda-graphs``, ``--weights``;
+    return (device, torch dtype). Raises :class:`CLIError` (one line)."""
+    import torch
+
+    from .encoder import resolve_dtype
+
+    try:
+        limits.check_max_tiles(args.max_tiles)
+    except limits.LimitError as e:
+        raise CLIError(str(e)) from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device {device!r}: not a device (cpu, cuda, cuda:1)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device {device!r}: only cpu and cuda are supported")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available on this machine "
+                           "(torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        dtype = resolve_dtype(args.dtype) or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    except ValueError as e:
+        raise CLIError(f"--dtype: {e}") from None
+    if getattr(args, "cuda_graphs", False):
+        if dev.type != "cuda":
+            raise CLIError(f"--cuda-graphs needs a CUDA device, got --device {device}")
+        if args.backend == "reference":
+            raise CLIError("--cuda-graphs applies to --backend fast (or auto on CUDA), not reference")
+    if args.backend == "fast":
+        from . import fast
+
+        try:
+            fast.check_runnable(dev, dtype)
+        except (RuntimeError, ValueError) as e:
+            raise CLIError(f"--backend fast: {_one_line(e)}") from None
+    if args.weights is not None:
+        preflight_weights(args.weights, _config(args))
+    return str(dev), dtype
+
+
+def _config(args):
+    from .config import DeepEncoderConfig
+
+    return DeepEncoderConfig.small_test() if getattr(args, "config", "deepseek-ocr") == "small-test" \
         else DeepEncoderConfig.deepseek_ocr()
-    enc = DeepEncoder(config=cfg, weights=args.weights, device=args.device, dtype=args.dtype,
-                      backend=args.backend, cuda_graphs=getattr(args, "cuda_graphs", False))
+
+
+def preflight_weights(path: str, cfg) -> None:
+    """Check a checkpoint's files, index and headers (keys, shapes, dtypes) against the model built on the
+    ``meta`` device (no memory, no init): every :class:`CheckpointError` before the real build."""
+    import torch
+
+    from . import encoder
+    from .weights import CheckpointError, preflight_checkpoint
+
+    # main's encoder.py builds through models.reference_model (OCR-1 and OCR-2); this branch's has the class
+    build = getattr(encoder, "reference_model", None) or encoder.DeepEncoderReference
+    with torch.device("meta"):
+        model = build(cfg)
+    try:
+        preflight_checkpoint(path, model)
+    except (CheckpointError, OSError) as e:
+        msg = _one_line(e)
+        raise CLIError(f"--weights: {msg}" if path in msg else f"--weights {path}: {msg}") from None
+
+
+def preflight_out_dir(out: str, flag: str = "--out") -> None:
+    """``out`` must be a folder we can write: created here (empty) if missing, probed with a temp file."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CLIError(f"{flag} {out}: exists and is not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".deepencoder-probe-", dir=out)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise CLIError(f"{flag} {out}: cannot write there ({e.strerror or e})") from None
+
+
+def _make_encoder(args, dtype=None, device=None):
+    import warnings
+
+    from .encoder import RANDOM_WEIGHTS_WARNING, DeepEncoder, RandomWeightsWarning
+
+    cfg = _config(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # printed below, once, in the CLI's words
+        enc = DeepEncoder(config=cfg, weights=args.weights, device=device or args.device,
+                          dtype=dtype or args.dtype, backend=args.backend,
+                          cuda_graphs=getattr(args, "cuda_graphs", False))
     if enc.random_weights:
         print("WARNING: " + RANDOM_WEIGHTS_WARNING, file=sys.stderr)
     print(f"deepencoder: config={cfg.name} backend={enc.backend} device={enc.device} dtype={str(enc.dtype)[6:]} "
@@ -119,42 +277,152 @@ def _make_encoder(args):
     return enc
 
 
-def _save(res, path: str, enc) -> None:
+def atomic_write(path: str, write) -> None:
+    """``write(tmp_path)`` then rename onto ``path``: a reader (or a rerun after Ctrl-C or a crash) sees the
+    old file or the whole new one, never a partial one. The temporary is removed on any failure."""
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.partial-", dir=d)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _request_meta(args, dtype) -> dict:
+    """What an output must have been made with to count as done (see :func:`existing_mismatch`)."""
+    return {"format": ENCODE_FORMAT, "mode": args.mode, "max_tiles": str(args.max_tiles),
+            "config": _config(args).name, "dtype": str(dtype).replace("torch.", ""),
+            "weights": "random(seed=0)" if args.weights is None else os.path.abspath(args.weights)}
+
+
+def existing_mismatch(path: str, expect: dict) -> Optional[str]:
+    """None when the output at ``path`` was made from this input with this request (a rerun skips it);
+    else why not."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        return "not a readable deepencoder output"
+    for k, v in expect.items():
+        if meta.get(k) != v:
+            return f"made with {k}={meta.get(k)!r}, this run asks {v!r}"
+    return None
+
+
+def _save(res, path: str, enc, extra_meta: Optional[dict] = None) -> None:
     from safetensors.torch import save_file
 
     meta = {"mode": res.mode, "grid": f"{res.grid[0]}x{res.grid[1]}", "num_tokens": str(res.num_tokens),
-            "source": res.source, "random_weights": str(enc.random_weights), "config": enc.config.name}
-    tmp = path + ".tmp"
-    save_file({"tokens": res.tokens.detach().float().cpu().contiguous()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+            "source": res.source, "random_weights": str(enc.random_weights), "config": enc.config.name,
+            **(extra_meta or {})}
+    tokens = res.tokens.detach().float().cpu().contiguous()
+    atomic_write(path, lambda tmp: save_file({"tokens": tokens}, tmp, metadata=meta))
+
+
+def _remove_stale_partials(path: str) -> None:
+    """A run killed hard (SIGKILL, power) can leave a hidden temporary; the rerun removes it."""
+    for f in glob.glob(os.path.join(glob.escape(os.path.dirname(path) or "."),
+                                    f".{glob.escape(os.path.basename(path))}.partial-*")):
+        try:
+            os.remove(f)
+        except OSError:
+            pass
 
 
 def cmd_encode(args) -> int:
-    inputs = collect_inputs(args.inputs, args.recursive)
+    """Encode every input; see the README (CLI: outputs, reruns, interruption, failures) for the policy."""
     get_mode(args.mode)
+    inputs = collect_inputs(args.inputs, args.recursive)
     outs = output_paths(inputs, args.out)
-    existing = [p for p in outs if os.path.exists(p)]
-    if existing and not args.force:
-        raise CLIError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --force to overwrite")
-    os.makedirs(args.out, exist_ok=True)
-    enc = _make_encoder(args)
+    device, dtype = preflight_model_args(args)
+    preflight_out_dir(args.out)
+    expect = _request_meta(args, dtype)
+    failures: List[Tuple[str, str]] = []
+    todo: List[Tuple[str, str, str]] = []  # (input, output, sha256)
+    done_before = 0
+    mismatched: List[Tuple[str, str]] = []
+    for path, out in zip(inputs, outs):
+        try:
+            check_image_header(path)
+            sha = sha256_file(path)
+        except (ValueError, OSError) as e:
+            failures.append((path, _one_line(e)))
+            continue
+        if os.path.exists(out):
+            why = existing_mismatch(out, {**expect, "source_sha256": sha})
+            if why is None and not args.force:
+                done_before += 1
+                continue
+            if why is not None and not args.force:
+                mismatched.append((out, why))
+                continue
+        todo.append((path, out, sha))
+    if mismatched:
+        o, why = mismatched[0]
+        raise CLIError(f"{len(mismatched)} output file(s) exist from a different request, e.g. {o} ({why}); "
+                       "pass --force to replace them, or choose another --out")
+    if len(failures) == 1 and not todo and not done_before:  # the single input is bad: just that line
+        raise CLIError(failures[0][1])
+    for _, reason in failures:
+        print(f"deepencoder: error: {reason}", file=sys.stderr)
+    if done_before:
+        print(f"deepencoder: {done_before} of {len(inputs)} output(s) already up to date in {args.out} (same input "
+              "and request); skipping them (--force redoes them)", file=sys.stderr)
+    if not todo:
+        if failures:
+            raise CLIError(f"{len(failures)} of {len(inputs)} input(s) failed; nothing to encode")
+        print(f"nothing to do: all {len(inputs)} output(s) in {args.out} are up to date")
+        return 0
+    enc = _make_encoder(args, dtype=dtype, device=device)
     from .preprocess import load_image
 
     rows = []
-    bar = Progress(len(inputs))
-    for path, out in zip(inputs, outs):
-        try:
-            img = load_image(path)
-        except (ValueError, OSError, TypeError) as e:
-            raise CLIError(f"{path}: {e}") from e
-        res = enc.encode([img], mode=args.mode, max_tiles=args.max_tiles)[0]
-        res.source = path
-        _save(res, out, enc)
-        rows.append(row_for(res, os.path.basename(path)))
-        bar.step(os.path.basename(path))
-    print(format_table(rows))
-    print(f"wrote {len(outs)} file(s) to {args.out}" + ("  [RANDOM WEIGHTS: values meaningless]"
-                                                         if enc.random_weights else ""))
+    written = 0
+    try:
+        with Progress(len(todo), "encode", unit="inputs", enabled=len(todo) > 1 or not sys.stderr.isatty(),
+                      per_item=True) as bar:
+            for path, out, sha in todo:
+                try:
+                    img = load_image(path)
+                    res = enc.encode([img], mode=args.mode, max_tiles=args.max_tiles)[0]
+                    res.source = path
+                    _remove_stale_partials(out)
+                    _save(res, out, enc, {**expect, "source_sha256": sha})
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - the policy: report this input, go on with the rest
+                    if args.debug:
+                        raise
+                    msg = _one_line(e)
+                    failures.append((path, msg if path in msg else f"{path}: {msg}"))
+                    print(f"deepencoder: error: {failures[-1][1]}", file=sys.stderr)
+                    bar.update(1, os.path.basename(path) + " FAILED")
+                    continue
+                written += 1
+                rows.append(row_for(res, os.path.relpath(path)))
+                bar.update(1, os.path.basename(path))
+    except KeyboardInterrupt:
+        raise Interrupted(f"{written} of {len(todo)} output(s) written this run"
+                          + (f" ({done_before} were up to date before)" if done_before else "")
+                          + f"; completed outputs are kept in {args.out}; rerun the same command to continue") \
+            from None
+    if rows:
+        print(format_table(rows))
+    print(f"wrote {written} file(s) to {args.out}" + (f", {done_before} already up to date" if done_before else "")
+          + ("  [RANDOM WEIGHTS: values meaningless]" if enc.random_weights else ""))
+    if failures:
+        raise CLIError(f"{len(failures)} of {len(inputs)} input(s) failed: "
+                       + "; ".join(f"{os.path.relpath(p)}" for p, _ in failures[:10])
+                       + (" ..." if len(failures) > 10 else "") + " (reasons above)")
     return 0
 
 
@@ -189,26 +457,38 @@ def make_sample_page(width: int = 1240, height: int = 1754):
 
 
 def cmd_demo(args) -> int:
-    os.makedirs(args.out, exist_ok=True)
+    modes = [m.strip() for m in args.modes.split(",")] if args.modes else list(MODES)
+    for m in modes:
+        if m not in MODES:
+            raise CLIError(f"--modes: unknown mode {m!r}: choose from {', '.join(MODES)}")
+    modes = list(dict.fromkeys(modes))
+    device, dtype = preflight_model_args(args)
     page_path = os.path.join(args.out, "sample_page.png")
-    make_sample_page().save(page_path)
+    outs = [os.path.join(args.out, f"sample_page.{m}.safetensors") for m in modes]
+    existing = [p for p in [page_path] + outs if os.path.lexists(p)]
+    if existing and not args.force:
+        raise CLIError(f"{len(existing)} output file(s) exist in {args.out}, e.g. {existing[0]}; pass --force to "
+                       "overwrite them, or choose another --out")
+    preflight_out_dir(args.out)
+    atomic_write(page_path, lambda tmp: make_sample_page().save(tmp, format="PNG"))
     print(f"sample page: {page_path} (1240x1754, A4 at 150 dpi)", file=sys.stderr)
-    enc = _make_encoder(args)
+    enc = _make_encoder(args, dtype=dtype, device=device)
     from .preprocess import load_image
 
     img = load_image(page_path)
     rows = []
-    modes = args.modes.split(",") if args.modes else list(MODES)
-    bar = Progress(len(modes), enabled=True)
-    for m in modes:
-        out = os.path.join(args.out, f"sample_page.{m}.safetensors")
-        t0 = time.perf_counter()
-        res = enc.encode([img], mode=m, max_tiles=args.max_tiles)[0]
-        res.seconds = time.perf_counter() - t0
-        res.source = page_path
-        _save(res, out, enc)
-        rows.append(row_for(res, "sample_page.png"))
-        bar.step(m)
+    try:
+        with Progress(len(modes), "demo", unit="modes") as bar:
+            for m, out in zip(modes, outs):
+                t0 = time.perf_counter()
+                res = enc.encode([img], mode=m, max_tiles=args.max_tiles)[0]
+                res.seconds = time.perf_counter() - t0
+                res.source = page_path
+                _save(res, out, enc)
+                rows.append(row_for(res, "sample_page.png"))
+                bar.update(1, m)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(rows)} of {len(modes)} mode(s) written to {args.out}") from None
     print(format_table(rows))
     print(f"outputs in {args.out}/" + ("  [RANDOM WEIGHTS: values meaningless; token counts are real]"
                                         if enc.random_weights else ""))
@@ -226,22 +506,33 @@ def _add_model_args(p):
     p.add_argument("--cuda-graphs", action="store_true", help="capture the fast path with CUDA graphs")
     p.add_argument("--config", default="deepseek-ocr", choices=["deepseek-ocr", "small-test"],
                    help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the problem and where to look), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deepencoder", description="Fast, faithful DeepSeek-OCR vision encoder")
+    ap = OneLineParser(prog="deepencoder", description="Fast, faithful DeepSeek-OCR vision encoder")
     sub = ap.add_subparsers(dest="cmd", required=True)
     pe = sub.add_parser("encode", help="encode images/folders to safetensors token files")
     pe.add_argument("inputs", nargs="+", help="image files and/or folders")
     pe.add_argument("--mode", default="base", choices=list(MODES))
     pe.add_argument("--out", default="deepencoder_out", help="output folder")
-    pe.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    pe.add_argument("--force", action="store_true",
+                    help="redo and replace existing outputs (default: outputs of the same input and request "
+                         "are kept and skipped, so a rerun continues an interrupted run; others are refused)")
     pe.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     _add_model_args(pe)
     pe.set_defaults(func=cmd_encode)
     pd = sub.add_parser("demo", help="make a sample page and encode it in every mode")
     pd.add_argument("--out", default="demo_out")
     pd.add_argument("--modes", default=None, help="comma-separated subset of modes")
+    pd.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     _add_model_args(pd)
     pd.set_defaults(func=cmd_demo)
     pb = sub.add_parser("bench", help="benchmark suite (same as python -m bench)", add_help=False)
@@ -265,15 +556,41 @@ def _run_bench(rest) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; user errors are one line on stderr and exit 2, Ctrl-C exits 130, and a traceback is
+    shown only with ``--debug`` (anywhere on the line) or ``DEEPENCODER_DEBUG=1``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after "bench" belongs to the benchmark suite's own parser
         return _run_bench(argv[1:])
+    debug = "--debug" in argv or os.environ.get("DEEPENCODER_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    args.debug = debug
+    prog = f"deepencoder {args.cmd}" if args.cmd in ("render", "compress") else "deepencoder"
+    from .weights import CheckpointError
+
     try:
         return args.func(args)
-    except CLIError as e:
-        print(f"deepencoder: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Interrupted as e:
+        if debug:
+            raise
+        print(f"{prog}: interrupted: {e}", file=sys.stderr)
+        return 130
+    except (CLIError, CheckpointError, limits.LimitError) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, TypeError, RuntimeError, FloatingPointError, MemoryError) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 2 if isinstance(e, (OSError, ValueError, TypeError)) else 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,11 @@ BACKENDS = ("auto", "reference", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
+
+class RandomWeightsWarning(UserWarning):
+    """A :class:`DeepEncoder` was built without weights: its outputs are meaningless."""
+
+
 RANDOM_WEIGHTS_WARNING = ("deepencoder: no --weights given: running with SEEDED RANDOM weights. Token counts and "
                           "shapes are real; the output values are MEANINGLESS.")
 
@@ -116,6 +121,12 @@ class DeepEncoder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+        if cuda_graphs and self.device.type != "cuda":  # a flag that cannot act must not be dropped silently
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got device {self.device.type!r}")
+        if cuda_graphs and backend == "reference":
+            raise ValueError("cuda_graphs=True applies to the fast backend only, got backend='reference'")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         self.dtype = resolve_dtype(dtype) or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model = reference_model(self.config)
         self.random_weights = weights is None
@@ -130,6 +141,9 @@ class DeepEncoder:
         self.requested_backend = backend
         self.backend = self._resolve_backend(backend)
         self._fast = None
+        if self.random_weights:  # the CLI prints its own notice and filters this category
+            warnings.warn(RANDOM_WEIGHTS_WARNING.replace("no --weights given", "no weights given"),
+                          RandomWeightsWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ backends
     def _resolve_backend(self, backend: str) -> str:
@@ -177,12 +191,20 @@ class DeepEncoder:
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` normalised pixels -> projected tokens ``[B, g^2, n_embed]`` (no layout)."""
         check_pixels(pixels, self.config)
+        if pixels.is_floating_point() and not bool(torch.isfinite(pixels).all()):
+            bad = int((~torch.isfinite(pixels)).sum())
+            raise ValueError(f"pixels hold {bad} non-finite value(s) (NaN/Inf) of {pixels.numel()}; "
+                             "the encoder would return NaN tokens")
         if self.family == "ocr2":
             self.config.num_queries(pixels.shape[-1])  # one-line error for a side without a query table
         pixels = pixels.to(device=self.device, dtype=self.dtype)
-        if self.backend == "fast":
-            return self.fast_model(pixels)
-        return self.model(pixels)
+        out = self.fast_model(pixels) if self.backend == "fast" else self.model(pixels)
+        if not bool(torch.isfinite(out).all()):  # e.g. fp16 overflow, or corrupt weights set after loading
+            bad = int((~torch.isfinite(out)).sum())
+            raise FloatingPointError(f"the encoder produced {bad} non-finite token value(s) of {out.numel()} "
+                                     f"(backend {self.backend}, dtype {str(self.dtype).replace('torch.', '')}); "
+                                     "refusing to return them")
+        return out
 
     # ------------------------------------------------------------------ images -> tokens
     @torch.inference_mode()

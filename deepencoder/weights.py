@@ -141,34 +141,27 @@ def checkpoint_files(path: str) -> List[str]:
                 raise FileNotFoundError(f"no .safetensors file or index json in folder {path}")
             return [os.path.join(path, f) for f in found]
     if path.endswith(".json"):
-        try:
-            with open(path) as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{path} is not a safetensors index (needs a 'weight_map'): {e}") from e
+        weight_map = read_index(path)
         base = os.path.dirname(path)
         # Only the shards that hold encoder tensors are opened.
         shards = sorted({v for k, v in weight_map.items() if _strip(k) is not None})
         if not shards:
             raise CheckpointError(f"index {path} lists no encoder tensors (keys under '{CHECKPOINT_PREFIX}"
-                                  "sam_model.', 'vision_model.', 'projector.')")
+                                  "sam_model.', 'vision_model.', 'qwen2_model.', 'vision_tower.', 'projector.')")
         return [os.path.join(base, s) for s in shards]
     return [path]
 
 
 def checkpoint_keys(path: str) -> List[str]:
     """Every tensor name of a checkpoint (file, index json or folder) without reading any tensor."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     keys: List[str] = []
     for fn in checkpoint_files(path):
-        if not os.path.exists(fn):
-            raise FileNotFoundError(f"checkpoint shard listed in the index is missing: {fn}")
-        try:
+        check_safetensors_file(fn)
+        with _reading(fn):
             with safe_open(fn, framework="pt") as f:
                 keys += list(f.keys())
-        except SafetensorError as e:
-            raise CheckpointError(f"cannot read safetensors file {fn}: {e}") from e
     return keys
 
 
@@ -184,24 +177,25 @@ def checkpoint_family(path: str) -> str:
 
 def load_encoder_state_dict(path: str, device: str = "cpu", scheme: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read only the encoder tensors of a checkpoint, renamed to the reference model's keys (upstream
-    names, ``model.`` stripped). ``scheme`` None: detected from the keys."""
-    from safetensors import SafetensorError, safe_open
+    names, ``model.`` stripped). ``scheme`` None: detected from the keys.
+
+    Every tensor read is validated (:func:`validate_tensor`): floating dtype and finite values."""
+    from safetensors import safe_open
 
     files = checkpoint_files(path)
     if scheme is None:
         scheme = checkpoint_scheme(path)
     out: Dict[str, torch.Tensor] = {}
     for fn in files:
-        if not os.path.exists(fn):
-            raise FileNotFoundError(f"checkpoint shard listed in the index is missing: {fn}")
-        try:
+        check_safetensors_file(fn)
+        with _reading(fn):
             with safe_open(fn, framework="pt", device=device) as f:
                 for key in f.keys():
                     k = _strip(key, scheme)
-                    if k is not None:
+                    if k is not None and k not in IGNORED_KEYS:
+                        out[k] = validate_tensor(f.get_tensor(key), key, fn)
+                    elif k is not None:
                         out[k] = f.get_tensor(key)
-        except SafetensorError as e:
-            raise CheckpointError(f"cannot read safetensors file {fn}: {e}") from e
     return out
 
 
@@ -233,6 +227,15 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor],
     return missing, unexpected, shapes
 
 
+FAMILY_NAMES = {"ocr1": "DeepSeek-OCR (ocr1)", "ocr2": "DeepSeek-OCR 2 (ocr2)"}
+
+
+def _family_mismatch(path: str, scheme: str, family: str):
+    have = SCHEME_FAMILY[scheme]
+    raise CheckpointError(f"{path} is a {FAMILY_NAMES[have]} checkpoint, but the model is {FAMILY_NAMES[family]}: "
+                          f"choose the model family that matches (--model {have}) or leave it to auto-detection")
+
+
 def load_checkpoint(model: torch.nn.Module, path: str, strict: bool = True):
     """Load a checkpoint (file, index json or folder; any key scheme of ``model``'s family) in place.
 
@@ -240,10 +243,7 @@ def load_checkpoint(model: torch.nn.Module, path: str, strict: bool = True):
     scheme = checkpoint_scheme(path)
     family = getattr(getattr(model, "cfg", None), "family", "ocr1")
     if SCHEME_FAMILY[scheme] != family:
-        names = {"ocr1": "DeepSeek-OCR (ocr1)", "ocr2": "DeepSeek-OCR 2 (ocr2)"}
-        raise CheckpointError(f"{path} is a {names[SCHEME_FAMILY[scheme]]} checkpoint, but the model is "
-                              f"{names[family]}: choose the model family that matches (--model "
-                              f"{SCHEME_FAMILY[scheme]}) or leave it to auto-detection")
+        _family_mismatch(path, scheme, family)
     sd = load_encoder_state_dict(path, scheme=scheme)
     missing, unexpected, _ = check_state_dict(model, sd, strict=strict)
     params = {k: v for k, v in sd.items() if k not in IGNORED_KEYS and k not in unexpected}
@@ -280,6 +280,121 @@ def save_checkpoint(model: torch.nn.Module, path: str, extra: Optional[Dict[str,
     with open(path, "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=1)
     return files + [path]
+
+
+# ---------------------------------------------------------------------------------------------- validation
+# A checkpoint is checked twice: cheaply before any model is built (:func:`preflight_checkpoint`: files,
+# index, headers, key names, shapes and dtypes, so a CLI can fail in a second instead of after the model
+# build), and fully when read (:func:`validate_tensor`: every value finite). A wrong dtype or a NaN would
+# otherwise be cast or propagated silently into meaningless tokens.
+
+_SAFETENSORS_MAGIC_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header size
+
+
+def read_index(path: str) -> Dict[str, str]:
+    """The ``weight_map`` of a sharded-checkpoint index json: ``{tensor name: shard file name}``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not a safetensors index json ({e})") from None
+    if not isinstance(obj, dict) or "weight_map" not in obj:
+        raise CheckpointError(f"{path}: not a safetensors index (needs a 'weight_map' object "
+                              "{tensor name: shard file})")
+    weight_map = obj["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{path}: 'weight_map' must be an object {{tensor name: shard file}}, got "
+                              f"{type(weight_map).__name__}")
+    bad = [k for k, v in weight_map.items() if not isinstance(v, str) or not v or os.path.isabs(v)
+           or ".." in v.replace("\\", "/").split("/")]
+    if bad:
+        raise CheckpointError(f"{path}: 'weight_map' entry {bad[0]!r} -> {weight_map[bad[0]]!r} is not a shard "
+                              "file name in the index's folder")
+    return weight_map
+
+
+def check_safetensors_file(fn: str) -> None:
+    """Refuse a missing shard or a file that is not safetensors (e.g. a pickled ``.pt``) with one line."""
+    if not os.path.exists(fn):
+        raise CheckpointError(f"checkpoint file is missing: {fn}")
+    if os.path.isdir(fn):
+        raise CheckpointError(f"{fn}: is a folder, expected a .safetensors file")
+    with open(fn, "rb") as f:
+        head = f.read(9)
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) < 9 or head[8:9] != b"{" or not 0 < n < _SAFETENSORS_MAGIC_MAX_HEADER:
+        kind = " (a zip/pickle file: PyTorch .pt/.bin checkpoints are not read; convert to safetensors)" \
+            if head[:2] in (b"PK", b"\x80\x02") or head[:1] == b"\x80" else ""
+        raise CheckpointError(f"{fn}: not a safetensors file{kind}")
+
+
+class _reading:
+    """Turn safetensors' own read errors into a one-line :class:`CheckpointError` naming the file."""
+
+    def __init__(self, fn: str):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        from safetensors import SafetensorError
+
+        if e is not None and isinstance(e, (SafetensorError, OSError)) and not isinstance(e, CheckpointError):
+            raise CheckpointError(f"cannot read safetensors file {self.fn}: {e}") from e
+        return False
+
+
+def validate_tensor(t: torch.Tensor, key: str, fn: str = "") -> torch.Tensor:
+    """An encoder tensor must be floating point and finite; returns ``t`` unchanged."""
+    where = f"{fn}: " if fn else ""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{where}tensor {key} has dtype {str(t.dtype).replace('torch.', '')}; encoder "
+                              "weights must be floating point (an integer tensor would be cast silently)")
+    bad = (~torch.isfinite(t)).sum().item() if t.numel() else 0
+    if bad:
+        raise CheckpointError(f"{where}tensor {key} holds {bad} non-finite value(s) (NaN/Inf) of {t.numel()}; "
+                              "the checkpoint is corrupt")
+    return t
+
+
+def preflight_checkpoint(path: str, model: torch.nn.Module, strict: bool = True) -> None:
+    """Check a checkpoint against ``model`` (may live on the ``meta`` device) from the file headers only:
+    files present and safetensors, index well formed, encoder keys, shapes and floating dtypes.
+    Raises :class:`CheckpointError`; reads no tensor data."""
+    from safetensors import safe_open
+
+    try:
+        files = checkpoint_files(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    scheme = checkpoint_scheme(path)
+    family = getattr(getattr(model, "cfg", None), "family", "ocr1")
+    if SCHEME_FAMILY[scheme] != family:
+        _family_mismatch(path, scheme, family)
+    for fn in files:
+        check_safetensors_file(fn)
+        with _reading(fn):
+            with safe_open(fn, framework="pt") as f:
+                for key in f.keys():
+                    k = _strip(key, scheme)
+                    if k is None or k in IGNORED_KEYS:
+                        continue
+                    sl = f.get_slice(key)
+                    dt = sl.get_dtype()
+                    if dt not in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"):
+                        raise CheckpointError(f"{fn}: tensor {key} has dtype {dt}; encoder weights must be "
+                                              "floating point (an integer tensor would be cast silently)")
+                    shapes[k] = tuple(sl.get_shape())
+    check_state_dict(model, {k: _Shaped(s) for k, s in shapes.items()}, strict=strict)
+
+
+class _Shaped:
+    """Stands in for a tensor where :func:`check_state_dict` only looks at ``.shape``."""
+
+    def __init__(self, shape):
+        self.shape = shape
 
 
 def init_random_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

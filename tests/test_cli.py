@@ -32,7 +32,7 @@ def test_encode_files_and_folder(tmp_path, capsys):
     assert "RANDOM" in cap.err and "MEANINGLESS" in cap.err  # random weights are said plainly
     assert "LLM tokens" in cap.out and "gundam" in cap.out
     files = sorted(os.listdir(out))
-    assert files == ["a-1.safetensors", "a.safetensors", "b.safetensors"]  # same stem twice: suffixed
+    assert files == ["a.safetensors", "b.safetensors"]  # a.png named directly and through its folder: once
     with safe_open(str(out / "a.safetensors"), "pt") as f:
         t = f.get_tensor("tokens")
         meta = f.metadata()
@@ -48,9 +48,20 @@ def test_never_overwrites_without_force(tmp_path, capsys):
     target = out / "a.safetensors"
     before = target.read_bytes()
     os.utime(target, (1, 1))
-    assert main(["encode", a, "--mode", "tiny", "--out", str(out)] + SMALL) == 2
-    assert "--force" in capsys.readouterr().err
+    capsys.readouterr()
+    # the same request again: the output is up to date, kept as is (a rerun continues, see test_bad_input)
+    assert main(["encode", a, "--mode", "tiny", "--out", str(out)] + SMALL) == 0
+    assert "up to date" in capsys.readouterr().out
     assert target.read_bytes() == before and os.stat(target).st_mtime == 1
+    # another request for the same output: refused, nothing touched
+    assert main(["encode", a, "--mode", "small", "--out", str(out)] + SMALL) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and "mode='tiny'" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == before and os.stat(target).st_mtime == 1
+    # the input changed: refused too (its hash is in the metadata)
+    page(tmp_path / "a.png", 300, 200, seed=9)
+    assert main(["encode", a, "--mode", "tiny", "--out", str(out)] + SMALL) == 2
+    assert "source_sha256" in capsys.readouterr().err and os.stat(target).st_mtime == 1
     assert main(["encode", a, "--mode", "tiny", "--out", str(out), "--force"] + SMALL) == 0
     assert os.stat(target).st_mtime != 1
 
@@ -78,9 +89,10 @@ def test_clear_errors(tmp_path, capsys, case):
 
 
 def test_unknown_mode_is_rejected(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         main(["encode", "x.png", "--mode", "huge"])
-    assert "invalid choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
 
 
 def test_fast_backend_without_cuda_or_interpreter_says_so(monkeypatch):

@@ -26,6 +26,7 @@ from deepencoder.optical import (
     compression_table,
     estimate_text_tokens,
     layout_text,
+    load_conversation,
     make_counter,
     plan_memory,
     resolve_ages,
@@ -110,10 +111,8 @@ def test_font_ships_with_licence_and_metrics():
     assert info.sha256 == "0f5db4f1749979d961019838b160bec74abdf7f9eca69553fe1aa856bbff49a4"
     assert (info.units_per_em, info.ascender, info.descender, info.advance) == (2048, 1901, 483, 1233)
     assert info.covers("A") and info.covers("é") and info.covers("\ufffd") and not info.covers("中")
-    try:
-        from fontTools.ttLib import TTFont
-    except ImportError:
-        return
+    from fontTools.ttLib import TTFont  # in the test extra: a missing fontTools must fail, not pass
+
     assert set(TTFont(path).getBestCmap()) == set(info.coverage)
 
 
@@ -336,12 +335,10 @@ def test_conversation_input_rules():
 
 # ---------------------------------------------------------------------------------------------- encoder + CLI
 def _encoder():
-    pytest.importorskip("deepencoder.preprocess", reason="deepencoder.preprocess not available yet")
     from deepencoder.config import DeepEncoderConfig
-    from deepencoder.encoder import DeepEncoder
+    from deepencoder.encoder import DeepEncoder, RandomWeightsWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(RandomWeightsWarning):  # the API says so itself
         return DeepEncoder(config=DeepEncoderConfig.small_test(), weights=None, device="cpu", seed=0)
 
 
@@ -372,7 +369,6 @@ def _cli(argv):
 
 
 def test_cli_compress_end_to_end(tmp_path, capsys):
-    pytest.importorskip("deepencoder.preprocess", reason="deepencoder.preprocess not available yet")
     path = tmp_path / "conv.jsonl"
     path.write_text("\n".join(json.dumps(t) for t in conv([300, 200, 120, 40, 10])), encoding="utf-8")
     out = tmp_path / "out"
@@ -416,3 +412,125 @@ def test_cli_render_and_errors(tmp_path, capsys):
     assert _cli(["compress", str(conv_path), "-o", str(tmp_path / "c"), "--budget", "10", "--no-encode",
                  "--drop-oldest", "-q"]) == 0
     assert "DROPPED" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- bad input (issue 15)
+def test_one_line_jsonl_is_one_turn(tmp_path):
+    p = tmp_path / "one.jsonl"
+    p.write_text(json.dumps({"role": "user", "text": "hello there"}) + "\n", encoding="utf-8")
+    turns = load_conversation(str(p))
+    assert [(t.role, t.text) for t in turns] == [("user", "hello there")]
+    p.write_text(json.dumps({"role": "user", "txt": "typo"}), encoding="utf-8")
+    with pytest.raises(ConversationError, match="one turn \\(with 'text'\\) or hold the list"):
+        load_conversation(str(p))
+
+
+def test_schedule_last_entry_bound_is_refused():
+    with pytest.raises(ValueError, match="last schedule entry 'text:abc'"):
+        Schedule.parse("text:abc")
+    with pytest.raises(ValueError, match="last schedule entry 'tiny:9'"):
+        Schedule.parse("text:4,tiny:9")
+    assert Schedule.parse("text:4,tiny").levels == ("text", "tiny")
+
+
+@pytest.mark.parametrize("density", [float("nan"), float("inf"), 0.0, -3.0])
+def test_density_must_be_positive_finite(density):
+    with pytest.raises(ValueError, match="density must be a positive number"):
+        choose_geometry("tiny", density)
+
+
+def test_page_size_is_capped(monkeypatch):
+    from deepencoder.limits import LimitError
+    from deepencoder.optical.render import parse_page_size
+
+    with pytest.raises(LimitError, match="100000x100000.*over the limit.*DEEPENCODER_MAX_PAGE_PIXELS"):
+        parse_page_size("100000x100000")
+    with pytest.raises(LimitError, match="over the limit"):
+        PageGeometry.make(5000, 5000, 12)  # the API is capped too, not only the CLI
+    monkeypatch.setenv("DEEPENCODER_MAX_PAGE_PIXELS", str(5000 * 5000))
+    assert PageGeometry.make(5000, 5000, 12).width == 5000
+
+
+def test_right_to_left_text_warns():
+    from deepencoder.optical import RightToLeftWarning
+
+    with pytest.warns(RightToLeftWarning, match="3 right-to-left"):
+        layout_text("abc \u05e9\u05dc\u05d5 def", "tiny", font_size=12)  # Hebrew
+    with pytest.warns(RightToLeftWarning, match="2 right-to-left"):
+        plan_memory([{"role": "user", "text": "\u0645\u0631 x"}, {"role": "user", "text": "latin"}])  # Arabic
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RightToLeftWarning)
+        layout_text("caf\u00e9 \u4e2d\u6587 \u0394", "tiny", font_size=12)  # left-to-right scripts: quiet
+
+
+def test_tokenizer_spec_errors_are_clear():
+    with pytest.raises(ValueError, match="os.sep is a str, not a callable"):
+        make_counter("os:sep")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_mod_xyz'"):
+        make_counter("no_such_mod_xyz:f")
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        make_counter("os.path:nope")
+    with pytest.raises(ValueError, match="returned a float"):
+        make_counter(lambda s: 1.5)("text")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--page-size", "100000x100000"], "over the limit"),
+    (["--density", "nan"], "positive finite"),
+    (["--batch-size", "0"], "must be >= 1"),
+    (["--batch-size", "100000"], "over the limit of 256"),
+    (["--max-tiles", "100"], "over the limit of 36"),
+    (["--max-tiles", "0"], "at least 2"),
+    (["--tokenizer", "os:sep"], "not a callable"),
+    (["--font-size", "-4"], "must be >= 1"),
+])
+def test_cli_render_bad_arguments_one_line(tmp_path, capsys, argv, needle):
+    src = tmp_path / "t.txt"
+    src.write_text("some text to render", encoding="utf-8")
+    out = tmp_path / "r"
+    try:  # argparse-level checks exit through SystemExit, the rest return the status
+        rc = _cli(["render", str(src), "-o", str(out), "-q"] + argv)
+    except SystemExit as e:
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_cli_render_interrupted_then_continued(tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-run: one line, exit 130, whole files only; the rerun reuses the encoded batches."""
+    from deepencoder.encoder import DeepEncoder
+
+    src = tmp_path / "doc.txt"
+    src.write_text("\n".join(f"line {i} " + "words " * 12 for i in range(70)), encoding="utf-8")
+    out = tmp_path / "r"
+    argv = ["render", str(src), "-o", str(out), "--mode", "tiny", "--font-size", "14", "--encode",
+            "--config", "small-test", "--batch-size", "1", "-q"]
+    real = DeepEncoder.encode
+    calls = []
+
+    def interrupting(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DeepEncoder, "encode", interrupting)
+    assert _cli(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    names = sorted(os.listdir(out))
+    assert "summary.json" not in names and not any(".partial-" in n for n in names)
+    assert [n for n in names if n.endswith(".png")] == ["page-0001.png", "page-0002.png"]
+    calls.clear()
+    monkeypatch.setattr(DeepEncoder, "encode", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1])
+    assert _cli(argv) == 0  # no --force needed: the same request continues
+    s = json.loads((out / "summary.json").read_text())
+    n = len(s["pages"])
+    assert n >= 3 and len(calls) == n - 1  # page 1's batch was reused
+    assert sorted(os.listdir(out)) == sorted([f"page-{i + 1:04d}.png" for i in range(n)]
+                                             + ["encoded.safetensors", "layout.json", "summary.json"])
+    assert _cli(argv) == 2  # a finished run is not redone without --force
+    assert "--force" in capsys.readouterr().err
+    assert _cli(argv[:-1] + ["--font-size", "12", "-q"]) == 2  # another request never reuses the folder

@@ -15,6 +15,7 @@ from deepencoder.weights import (
     init_random_,
     load_checkpoint,
     load_encoder_state_dict,
+    preflight_checkpoint,
     save_checkpoint,
 )
 
@@ -103,9 +104,92 @@ def test_bad_files(tmp_path):
         load_checkpoint(small(1), str(tmp_path / "nope.safetensors"))
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(CheckpointError, match="cannot read safetensors file"):
+    with pytest.raises(CheckpointError, match="corrupt.safetensors: not a safetensors file"):
         load_checkpoint(small(1), str(bad))
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         load_checkpoint(small(1), str(empty_dir))
+
+
+def _saved(tmp_path, edit):
+    path = str(tmp_path / "model.safetensors")
+    save_checkpoint(small(1), path)
+    with safe_open(path, "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    edit(t)
+    save_file(t, path)
+    return path
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_at_load(tmp_path, bad):
+    def edit(t):
+        t["model.sam_model.blocks.0.attn.qkv.weight"][1, 2] = bad
+
+    path = _saved(tmp_path, edit)
+    dst = small(2)
+    with pytest.raises(CheckpointError, match=r"sam_model.blocks.0.attn.qkv.weight holds 1 non-finite"):
+        load_checkpoint(dst, path)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_integer_weights_are_refused_naming_the_key(tmp_path, dtype):
+    def edit(t):
+        t["model.projector.layers.weight"] = t["model.projector.layers.weight"].to(dtype)
+
+    path = _saved(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=r"projector.layers.weight has dtype .*must be floating point"):
+        load_checkpoint(small(2), path)
+    with torch.device("meta"):
+        meta_model = DeepEncoderReference(DeepEncoderConfig.small_test())
+    with pytest.raises(CheckpointError, match=r"model.projector.layers.weight has dtype"):
+        preflight_checkpoint(path, meta_model)  # headers only, before any real model exists
+
+
+def test_preflight_reads_headers_only_and_finds_mismatches(tmp_path, monkeypatch):
+    path = str(tmp_path / "model.safetensors")
+    save_checkpoint(small(1), path)
+    with torch.device("meta"):
+        meta_model = DeepEncoderReference(DeepEncoderConfig.small_test())
+    import safetensors
+
+    def no_data(*a, **k):
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(safetensors.safe_open, "get_tensor", no_data, raising=False)
+    preflight_checkpoint(path, meta_model)  # a good checkpoint passes
+    with safe_open(path, "pt") as f:
+        t = {k: f.get_slice(k)[:] for k in f.keys()}
+    t.pop("model.projector.layers.bias")
+    t["model.sam_model.neck.0.weight"] = t["model.sam_model.neck.0.weight"][:1]
+    save_file(t, path)
+    with pytest.raises(CheckpointError) as e:
+        preflight_checkpoint(path, meta_model)
+    assert "projector.layers.bias" in str(e.value) and "sam_model.neck.0.weight" in str(e.value)
+
+
+@pytest.mark.parametrize("content,match", [
+    ({"weight_map": 5}, "'weight_map' must be an object"),
+    ({"weight_map": {"model.projector.layers.weight": 3}}, "is not a shard file name"),
+    ({"weight_map": {"model.projector.layers.weight": "../../etc/x.safetensors"}}, "is not a shard file name"),
+    ([1, 2], "not a safetensors index"),
+    ({"metadata": {}}, "not a safetensors index"),
+    ("{oops", "not a safetensors index json"),
+])
+def test_malformed_index_is_a_checkpoint_error(tmp_path, content, match):
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(small(1), str(idx))
+
+
+def test_pickled_pt_file_is_refused_with_a_hint(tmp_path):
+    pt = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(3)}, str(pt))
+    with pytest.raises(CheckpointError, match="not a safetensors file .*convert to safetensors"):
+        load_checkpoint(small(1), str(pt))
+    idx = tmp_path / "model.safetensors.index.json"
+    idx.write_text(json.dumps({"weight_map": {"model.projector.layers.weight": "missing.safetensors"}}))
+    with pytest.raises(CheckpointError, match="checkpoint file is missing: .*missing.safetensors"):
+        load_checkpoint(small(1), str(idx))

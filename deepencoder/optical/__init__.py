@@ -32,6 +32,7 @@ from .render import (  # noqa: F401
     Layout,
     PageGeometry,
     Record,
+    RightToLeftWarning,
     TooManyPagesError,
     UnsupportedCharacterWarning,
     choose_geometry,

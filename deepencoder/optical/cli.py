@@ -11,6 +11,9 @@ Wiring into another argparse CLI::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
 import os
 import sys
 import warnings
@@ -18,6 +21,7 @@ from typing import List, Optional
 
 from ..modes import DEFAULT_MAX_TILES, MODES
 from .render import DEFAULT_DENSITY, DEFAULT_MAX_PAGES, parse_page_size
+from .tokens import make_counter
 
 CONVERSATION_HELP = """\
 conversation file: JSON list of turns, {"turns": [...]}, or JSONL (one turn per line), oldest first:
@@ -25,6 +29,43 @@ conversation file: JSON list of turns, {"turns": [...]}, or JSONL (one turn per 
   {"role": "user", "text": "...", "timestamp": "2025-10-21T09:30:00Z"}   ISO 8601; ages count back
                                                           from the newest timestamp (or --now)
   with neither field the position is the age (last turn = 0). "content" is accepted for "text"."""
+
+
+def _positive_int(flag: str, zero: bool = False):
+    """argparse type for ``flag``; argparse itself prefixes the message with the flag's name."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an integer, got {s!r}") from None
+        if v < (0 if zero else 1):
+            raise argparse.ArgumentTypeError(f"must be {'>= 0' if zero else '>= 1'}, got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(flag: str):
+    """argparse type: a positive finite float (``nan``, ``inf``, ``0`` are refused)."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a number, got {s!r}") from None
+        if not math.isfinite(v) or v <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {s!r}")
+        return v
+
+    return parse
+
+
+def _page_size(s: str):
+    try:
+        return parse_page_size(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _encoder_args(p: argparse.ArgumentParser, default_on: bool) -> None:
@@ -40,21 +81,22 @@ def _encoder_args(p: argparse.ArgumentParser, default_on: bool) -> None:
     g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "fast"))
-    g.add_argument("--batch-size", type=int, default=8, help="pages per encoder call (default 8)")
+    g.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8,
+                   help="pages per encoder call (default 8)")
     g.add_argument("--config", default="deepseek-ocr", choices=("deepseek-ocr", "small-test"), help=argparse.SUPPRESS)
 
 
 def _page_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pages")
-    g.add_argument("--density", type=float, default=DEFAULT_DENSITY,
+    g.add_argument("--density", type=_positive_float("--density"), default=DEFAULT_DENSITY,
                    help=f"target characters per vision token of the page mode; picks the font size "
                         f"(default {DEFAULT_DENSITY:g}, about 10x compression at ~4 characters per text token)")
-    g.add_argument("--font-size", type=int, default=None, help="font size in pixels (overrides --density)")
-    g.add_argument("--page-size", type=parse_page_size, default=None, help="WxH in pixels (default: the mode's)")
+    g.add_argument("--font-size", type=_positive_int("--font-size"), default=None, help="font size in pixels (overrides --density)")
+    g.add_argument("--page-size", type=_page_size, default=None, help="WxH in pixels (default: the mode's)")
     g.add_argument("--plain", action="store_true", help="plain text: keep every line break and space as is "
                                                         "(default: simple Markdown)")
     g.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, help="Gundam tile limit (9 HF, 6 vLLM)")
-    g.add_argument("--max-pages", type=int, default=DEFAULT_MAX_PAGES,
+    g.add_argument("--max-pages", type=_positive_int("--max-pages", zero=True), default=DEFAULT_MAX_PAGES,
                    help=f"refuse inputs that need more pages (default {DEFAULT_MAX_PAGES}; 0 = no limit)")
     g.add_argument("--tokenizer", default=None,
                    help="text-token counter: 'estimate' (default, labelled), 'hf:NAME_OR_PATH' (transformers), "
@@ -85,7 +127,7 @@ def add_subcommands(subparsers) -> None:
         epilog=CONVERSATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("conversation", help="JSON / JSONL conversation ('-' = stdin)")
     c.add_argument("-o", "--out", required=True, help="output folder")
-    c.add_argument("--budget", type=int, default=None, help="total token budget (text + vision tokens)")
+    c.add_argument("--budget", type=_positive_int("--budget", zero=True), default=None, help="total token budget (text + vision tokens)")
     c.add_argument("--schedule", default=None,
                    help="level by age, e.g. 'text:4,gundam:8,large:16,base:32,small:64,tiny' (turns) or "
                         "'text:1h,large:1d,tiny' (seconds: s/m/h/d/w); default: doubling bounds as shown")
@@ -103,41 +145,89 @@ def add_subcommands(subparsers) -> None:
     c.set_defaults(func=cmd_compress)
 
 
+def _preflight(args) -> None:
+    """Every check that needs no work done: limits, tokenizer, input file, output folder, and (when the
+    encoder will run) device / dtype / backend / checkpoint headers. Raises ValueError / OSError."""
+    from .. import limits
+    from ..cli import CLIError, preflight_model_args
+
+    limits.check_max_tiles(args.max_tiles)
+    limits.BATCH.check(args.batch_size, f"--batch-size {args.batch_size}")
+    make_counter(args.tokenizer)  # a bad --tokenizer fails here, not after the pages are drawn
+    src = getattr(args, "input", None) or args.conversation
+    if src != "-":
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"no such file: {src}")
+        if os.path.isdir(src):
+            raise ValueError(f"{src}: is a folder, expected a text file")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise FileExistsError(f"-o {args.out}: exists and is not a folder")
+    if args.encode:
+        try:
+            args.resolved = preflight_model_args(args)
+        except CLIError as e:
+            raise ValueError(str(e)) from None
+
+
+def _request_key(args, data: str) -> str:
+    """Identifies a run: the input's bytes and every argument that changes the outputs (not --force,
+    -q, --device or --backend), so a rerun of the same command continues an interrupted one."""
+    skip = {"func", "force", "quiet", "debug", "device", "backend", "turns", "input", "conversation", "out",
+            "resolved", "cmd", "command"}
+    req = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+    req["weights"] = os.path.abspath(args.weights) if args.weights else None
+    req["dtype"] = str(getattr(args, "resolved", (None, args.dtype))[1])
+    req["input_sha256"] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _make_encoder(args):
     if not args.encode:
         return None
     from ..config import DeepEncoderConfig
-    from ..encoder import DeepEncoder
+    from ..encoder import DeepEncoder, RandomWeightsWarning
 
     cfg = DeepEncoderConfig.small_test() if args.config == "small-test" else None
+    device, dtype = getattr(args, "resolved", (args.device, args.dtype))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # we print our own, plainer random-weights notice
-        return DeepEncoder(config=cfg, weights=args.weights, device=args.device, dtype=args.dtype,
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # we print our own, plainer notice
+        return DeepEncoder(config=cfg, weights=args.weights, device=device, dtype=dtype,
                            backend=args.backend, seed=0)
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _run(fn, args, verb: str) -> int:
-    from .pipeline import RANDOM_WEIGHTS_NOTICE
-
+    from ..cli import _one_line
+    from ..limits import LimitError
+    debug = getattr(args, "debug", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             encoder, out = fn(args)
-        except (ValueError, FileExistsError, FileNotFoundError, ImportError, OSError) as e:
+        except KeyboardInterrupt:
+            if debug:
+                raise
             _print_warnings(caught)
-            print(f"deepencoder {verb}: error: {e}", file=sys.stderr)
+            print(f"deepencoder {verb}: interrupted: the pages written so far are kept in {args.out}; rerun the "
+                  "same command to continue (encoded batches are reused)", file=sys.stderr)
+            return 130
+        except (ValueError, LimitError, FileExistsError, FileNotFoundError, ImportError, OSError) as e:
+            if debug:
+                raise
+            _print_warnings(caught)
+            print(f"deepencoder {verb}: error: {_one_line(e)}", file=sys.stderr)
             return 2
     _print_warnings(caught)
     print(out)
-    if encoder is not None and encoder.random_weights:
-        print("\n" + RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
     return 0
 
 
@@ -158,6 +248,7 @@ def cmd_render(args) -> int:
     def go(args):
         from .pipeline import RANDOM_WEIGHTS_NOTICE, render_to_dir
 
+        _preflight(args)
         text = _read(args.input)
         built = []
 
@@ -170,7 +261,8 @@ def cmd_render(args) -> int:
 
         s = render_to_dir(text, args.out, args.mode, args.density, args.font_size, args.page_size, not args.plain,
                           args.tokenizer, factory if args.encode else None, _max_pages(args), args.max_tiles,
-                          args.batch_size, args.force, not args.quiet, source=args.input)
+                          args.batch_size, args.force, not args.quiet, source=args.input,
+                          request_key=_request_key(args, text))
         encoder = built[0] if built else None
         g = s["page"]
         est = " (ESTIMATED: no --tokenizer)" if s["text_tokens_are_estimates"] else ""
@@ -189,17 +281,25 @@ def cmd_compress(args) -> int:
         from .pipeline import RANDOM_WEIGHTS_NOTICE, compress_to_dir, turn_table
         from .planner import load_conversation, plan_memory
 
-        if not os.path.exists(args.conversation) and args.conversation != "-":
-            raise FileNotFoundError(f"no such conversation file: {args.conversation}")
-        turns = load_conversation(args.conversation)
+        _preflight(args)
+        data = _read(args.conversation)
+        turns = load_conversation(args.conversation, data=data)
         plan = plan_memory(turns, args.budget, args.schedule, args.tokenizer, args.age_unit, args.now,
                            args.page_mode, args.density, args.font_size, args.page_size, not args.plain,
                            args.max_tiles, "drop" if args.drop_oldest else "error")
         has_pages = any(b.level != "text" for b in plan.blocks())
-        encoder = _make_encoder(args) if has_pages else None  # all text: nothing to encode
-        if encoder is not None and encoder.random_weights:
-            print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
-        s = compress_to_dir(plan, args.out, encoder, args.batch_size, args.force, not args.quiet, _max_pages(args))
+        built = []
+
+        def factory():  # built only after the plan and the output folder are known good
+            enc = _make_encoder(args)
+            if enc.random_weights:
+                print(RANDOM_WEIGHTS_NOTICE, file=sys.stderr)
+            built.append(enc)
+            return enc
+
+        s = compress_to_dir(plan, args.out, factory if args.encode and has_pages else None, args.batch_size,
+                            args.force, not args.quiet, _max_pages(args), request_key=_request_key(args, data))
+        encoder = built[0] if built else None
         g = plan.geometry
         lines = [f"{len(plan.turns)} turns; pages {g.width}x{g.height}, font {g.font_size} px; schedule "
                  f"{plan.schedule.describe()}; text tokens: {plan.counter_name}", "", s["tables"]["budget"], "",
@@ -215,11 +315,15 @@ def cmd_compress(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepencoder.optical",
+    from ..cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m deepencoder.optical",
                                      description="Optical context compression on DeepEncoder.")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
-    args = parser.parse_args(argv)
+    debug = "--debug" in (argv or sys.argv[1:])
+    args = parser.parse_args([a for a in (sys.argv[1:] if argv is None else argv) if a != "--debug"])
+    args.debug = debug
     return args.func(args)
 
 

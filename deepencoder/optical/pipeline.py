@@ -20,14 +20,16 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
-from .. import __version__
+from .. import __version__, limits
+from ..cli import atomic_write
 from ..modes import DEFAULT_MAX_TILES, vision_token_count
+from ..progress import Progress
 from .font import FONT_LICENSE, FONT_NAME, font_info, rasteriser_versions
 from .planner import Plan, _fmt_age
-from .progress import Progress
 from .render import DEFAULT_DENSITY, DEFAULT_MAX_PAGES, Layout, layout_text
 from .tokens import compression_table, format_compression_table, format_table, make_counter
 
@@ -36,17 +38,60 @@ RANDOM_WEIGHTS_NOTICE = ("WARNING: the encoder ran with SEEDED RANDOM weights (n
                          "encoded.safetensors are MEANINGLESS. Pages, token counts and budgets are exact.")
 
 
-def prepare_out(out_dir: str, force: bool = False) -> None:
-    """Create ``out_dir``; refuse (FileExistsError) if it holds outputs of ours, unless ``force``."""
+STAMP = ".deepencoder-request.json"  # the request of an unfinished run; summary.json marks a finished one
+PART_PREFIX = ".encoded-part-"  # encoder outputs of one batch, merged into encoded.safetensors at the end
+
+
+def _partials(out_dir: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), PART_PREFIX + "*.safetensors"))
+                  + glob.glob(os.path.join(glob.escape(out_dir), ".*.partial-*")))
+
+
+def prepare_out(out_dir: str, force: bool = False, request_key: Optional[str] = None) -> bool:
+    """Create ``out_dir``; refuse (FileExistsError) if it holds outputs of ours, unless ``force``.
+
+    Returns True when the folder holds an interrupted run (no ``summary.json``) of the same request
+    (``request_key``, written to a stamp at the start of every run): that run is continued, its pages
+    kept and its encoded batches reused, instead of being refused. With ``force`` everything is redone.
+    """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not a folder")
     os.makedirs(out_dir, exist_ok=True)
-    existing = sorted(f for pat in OUTPUT_PATTERNS for f in glob.glob(os.path.join(out_dir, pat)))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deepencoder-probe-", dir=out_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"{out_dir}: cannot write there ({e.strerror or e})") from None
+    existing = sorted(f for pat in OUTPUT_PATTERNS for f in glob.glob(os.path.join(glob.escape(out_dir), pat)))
+    stamp = os.path.join(out_dir, STAMP)
+    if not force and request_key is not None and os.path.exists(stamp) \
+            and not os.path.exists(os.path.join(out_dir, "summary.json")):
+        try:
+            with open(stamp, encoding="utf-8") as f:
+                same = json.load(f).get("request") == request_key
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:
+            return True
+        if existing:
+            raise FileExistsError(f"{out_dir} holds an unfinished run of a different request ({len(existing)} "
+                                  "files); pass --force (force=True) to replace it, or choose another folder")
     if existing and not force:
         raise FileExistsError(f"{out_dir} already holds outputs ({len(existing)} files, e.g. "
                               f"{os.path.basename(existing[0])}); pass --force (force=True) to replace them")
-    for f in existing:  # stale pages of an earlier, longer run must not linger
-        os.remove(f)
+    for f in existing + _partials(out_dir) + ([stamp] if os.path.exists(stamp) else []):
+        os.remove(f)  # stale pages of an earlier, longer run must not linger
+    if request_key is not None:
+        _write_json(stamp, {"request": request_key})
+    return False
+
+
+def finish_out(out_dir: str) -> None:
+    """After ``summary.json``: drop the per-batch parts and the stamp of the unfinished run."""
+    for f in _partials(out_dir) + [os.path.join(out_dir, STAMP)]:
+        if os.path.exists(f):
+            os.remove(f)
 
 
 def font_record() -> dict:
@@ -73,10 +118,16 @@ class PageJob:
 
 
 def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None, batch_size: int = 8,
-                max_tiles: int = DEFAULT_MAX_TILES, progress: bool = True) -> Tuple[List[dict], Dict]:
-    """Render each job's page, save it as PNG, encode in batches. Returns (page records, tensors)."""
+                max_tiles: int = DEFAULT_MAX_TILES, progress: bool = True,
+                resume: bool = False) -> Tuple[List[dict], Dict]:
+    """Render each job's page, save it as PNG, encode in batches. Returns (page records, tensors).
+
+    Every file is written under a temporary name and renamed, so an interruption leaves whole files
+    only. Each encoded batch is also saved as a hidden part; with ``resume`` a batch whose part exists
+    (same page names) is read back instead of encoded again."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    limits.BATCH.check(batch_size, f"batch size {batch_size}")
     records: List[dict] = []
     tensors: Dict = {}
     batch: List[Tuple[PageJob, object, dict]] = []
@@ -85,14 +136,23 @@ def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None,
         if not batch:
             return
         if encoder is not None:
-            outs = encoder.encode([im.convert("RGB") for _, im, _ in batch], mode=[j.mode for j, _, _ in batch],
-                                  max_tiles=max_tiles)
-            for (job, _, rec), out in zip(batch, outs):
-                if out.num_tokens != rec["vision_tokens"]:
-                    raise RuntimeError(f"{job.name}: the encoder emitted {out.num_tokens} tokens, "
-                                       f"vision_token_count says {rec['vision_tokens']}")
-                tensors[job.name] = out.tokens.detach().to("cpu").contiguous()
-                rec.update(encoded_tokens=int(out.num_tokens), grid=list(out.grid), seconds=round(out.seconds, 4))
+            part = os.path.join(out_dir, f"{PART_PREFIX}{batch[0][0].name}.safetensors")
+            names = [j.name for j, _, _ in batch]
+            got = _read_part(part, names) if resume else None
+            if got is None:
+                outs = encoder.encode([im.convert("RGB") for _, im, _ in batch], mode=[j.mode for j, _, _ in batch],
+                                      max_tiles=max_tiles)
+                got = {}
+                for (job, _, rec), out in zip(batch, outs):
+                    if out.num_tokens != rec["vision_tokens"]:
+                        raise RuntimeError(f"{job.name}: the encoder emitted {out.num_tokens} tokens, "
+                                           f"vision_token_count says {rec['vision_tokens']}")
+                    got[job.name] = (out.tokens.detach().to("cpu").contiguous(), list(out.grid), round(out.seconds, 4))
+                _write_part(part, got)
+            for job, _, rec in batch:
+                t, grid, sec = got[job.name]
+                tensors[job.name] = t
+                rec.update(encoded_tokens=int(t.shape[0]), grid=grid, seconds=sec)
         bar.update(len(batch))
         batch.clear()
 
@@ -100,7 +160,7 @@ def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None,
         for job in jobs:
             im = job.layout.page_image(job.page)
             path = os.path.join(out_dir, job.name + ".png")
-            im.save(path)
+            atomic_write(path, lambda tmp, im=im: im.save(tmp, format="PNG"))
             g = job.layout.geometry
             rec = {"name": job.name, "file": os.path.basename(path), "mode": job.mode,
                    "size": [g.width, g.height],
@@ -114,6 +174,30 @@ def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None,
     return records, tensors
 
 
+def _write_part(path: str, got: Dict) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"names": json.dumps(list(got)), "info": json.dumps({k: [g, s] for k, (_, g, s) in got.items()})}
+    atomic_write(path, lambda tmp: save_file({k: t for k, (t, _, _) in got.items()}, tmp, metadata=meta))
+
+
+def _read_part(path: str, names: List[str]) -> Optional[Dict]:
+    """The batch saved at ``path`` if it holds exactly ``names``; None (encode again) otherwise."""
+    from safetensors import safe_open
+
+    if not os.path.exists(path):
+        return None
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("names", "[]")) != names:
+                return None
+            info = json.loads(meta["info"])
+            return {k: (f.get_tensor(k), info[k][0], info[k][1]) for k in names}
+    except Exception:  # noqa: BLE001 - an unreadable part is simply redone
+        return None
+
+
 def save_encoded(out_dir: str, tensors: Dict, records: List[dict], encoder) -> Optional[str]:
     if encoder is None or not tensors:
         return None
@@ -123,14 +207,17 @@ def save_encoded(out_dir: str, tensors: Dict, records: List[dict], encoder) -> O
     meta = {"format": "deepencoder.optical/1", "random_weights": str(bool(encoder.random_weights)).lower(),
             "config": getattr(encoder.config, "name", "?"),
             "pages": json.dumps([{k: r[k] for k in ("name", "mode", "vision_tokens", "size")} for r in records])}
-    save_file(tensors, path, metadata=meta)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+
+    atomic_write(path, write)
 
 
 def versions() -> dict:
@@ -142,22 +229,24 @@ def render_to_dir(text: str, out_dir: str, mode: str = "base", density: float = 
                   font_size: Optional[int] = None, page_size: Optional[Tuple[int, int]] = None,
                   markdown: bool = True, tokenizer=None, encoder=None, max_pages: Optional[int] = DEFAULT_MAX_PAGES,
                   max_tiles: int = DEFAULT_MAX_TILES, batch_size: int = 8, force: bool = False,
-                  progress: bool = True, source: str = "") -> dict:
+                  progress: bool = True, source: str = "", request_key: Optional[str] = None) -> dict:
     """Render ``text`` for ``mode`` into ``out_dir`` (and encode when ``encoder``, a DeepEncoder or a
     zero-argument factory of one, is given).
 
     Returns the summary (also written to ``summary.json``); ``summary["table_text"]`` is the printed
-    compression table.
+    compression table. ``request_key`` (any string identifying the request) lets a rerun continue an
+    interrupted run in ``out_dir`` (see :func:`prepare_out`).
     """
+    counter = make_counter(tokenizer)
     lay = layout_text(text, mode, density, font_size, page_size, markdown, max_pages, max_tiles)
-    prepare_out(out_dir, force)
+    limits.BATCH.check(batch_size, f"batch size {batch_size}")
+    resume = prepare_out(out_dir, force, request_key)
     if encoder is not None and not hasattr(encoder, "encode"):
         encoder = encoder()  # a factory: build the (slow to load) encoder only once the input is known good
-    counter = make_counter(tokenizer)
     g = lay.geometry
     n = lay.num_pages
     jobs = (PageJob(f"page-{p + 1:04d}", lay, p, mode, {"chars": _page_chars(lay, p)}) for p in range(n))
-    records, tensors = write_pages(jobs, n, out_dir, encoder, batch_size, max_tiles, progress)
+    records, tensors = write_pages(jobs, n, out_dir, encoder, batch_size, max_tiles, progress, resume)
     save_encoded(out_dir, tensors, records, encoder)
     text_tokens = counter(text)
     table = compression_table(text_tokens, len(text), n, (g.width, g.height), max_tiles=max_tiles)
@@ -174,6 +263,7 @@ def render_to_dir(text: str, out_dir: str, mode: str = "base", density: float = 
         "versions": versions(),
     }
     _write_json(os.path.join(out_dir, "summary.json"), summary)
+    finish_out(out_dir)
     summary["table_text"] = table_text
     return summary
 
@@ -240,18 +330,24 @@ def turn_table(plan: Plan) -> str:
 
 
 def compress_to_dir(plan: Plan, out_dir: str, encoder=None, batch_size: int = 8, force: bool = False,
-                    progress: bool = True, max_pages: Optional[int] = DEFAULT_MAX_PAGES) -> dict:
+                    progress: bool = True, max_pages: Optional[int] = DEFAULT_MAX_PAGES,
+                    request_key: Optional[str] = None) -> dict:
     """Render and encode a :class:`Plan`'s pages into ``out_dir``; write ``summary.json``."""
     total = sum(b.pages for b in plan.blocks())
     if max_pages is not None and total > max_pages:
         raise ValueError(f"the plan needs {total} pages, over the limit of {max_pages}; raise --max-pages or "
                          "give a budget")
-    prepare_out(out_dir, force)
-    records, tensors = write_pages(plan_jobs(plan), total, out_dir, encoder, batch_size, plan.max_tiles, progress)
+    limits.BATCH.check(batch_size, f"batch size {batch_size}")
+    resume = prepare_out(out_dir, force, request_key)
+    if encoder is not None and not hasattr(encoder, "encode"):
+        encoder = encoder()  # a factory, as in render_to_dir
+    records, tensors = write_pages(plan_jobs(plan), total, out_dir, encoder, batch_size, plan.max_tiles, progress,
+                                   resume)
     save_encoded(out_dir, tensors, records, encoder)
     tables = {"budget": budget_table(plan), "levels": level_table(plan)}
     summary = {"command": "compress", **plan.as_dict(), "pages": records, "context": context_items(plan, records),
                "font": font_record(), "encoder": encoder_record(encoder), "versions": versions()}
     _write_json(os.path.join(out_dir, "summary.json"), summary)
+    finish_out(out_dir)
     summary["tables"] = tables
     return summary

@@ -46,6 +46,7 @@ from .render import (
     layout_transcript,
     transcript_rows,
     warn_missing,
+    warn_rtl,
 )
 from .tokens import TokenCounter, make_counter, vision_tokens_per_page
 
@@ -117,11 +118,14 @@ def turns_from_records(items: Sequence[dict], source: str = "conversation") -> L
     return out
 
 
-def load_conversation(path: str) -> List[Turn]:
-    """A JSON list of turns, ``{"turns": [...]}``, or JSONL (one turn object per line); ``-`` is stdin."""
+def load_conversation(path: str, data: Optional[str] = None) -> List[Turn]:
+    """A JSON list of turns, ``{"turns": [...]}``, one turn object, or JSONL (one turn object per line);
+    ``-`` is stdin. ``data``: the file's text when already read (``path`` then only names it)."""
     import sys
 
-    if path == "-":
+    if data is not None:
+        pass
+    elif path == "-":
         data = sys.stdin.read()
     else:
         with open(path, encoding="utf-8") as f:
@@ -140,9 +144,13 @@ def load_conversation(path: str) -> List[Turn]:
                     raise ConversationError(f"{path}: line {k + 1} is neither part of a JSON document nor a "
                                             f"JSONL object ({e})") from None
     if isinstance(obj, dict):
-        if "turns" not in obj:
-            raise ConversationError(f"{path}: a JSON object must hold the list under 'turns'")
-        obj = obj["turns"]
+        if "turns" in obj:
+            obj = obj["turns"]
+        elif "text" in obj or "content" in obj:  # JSONL with a single line: one turn
+            obj = [obj]
+        else:
+            raise ConversationError(f"{path}: a JSON object must be one turn (with 'text') or hold the list of "
+                                    "turns under 'turns'")
     return turns_from_records(obj, path)
 
 
@@ -219,12 +227,15 @@ class Schedule:
         levels, bounds = [], []
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         for k, p in enumerate(parts):
-            name, _, b = p.partition(":")
+            name, colon, b = p.partition(":")
             levels.append(name.strip().lower())
             if k < len(parts) - 1:
                 if not b:
                     raise ValueError(f"schedule entry {p!r} needs an upper age bound (level:bound)")
                 bounds.append(_parse_bound(b, unit))
+            elif colon:  # a bound here would be dropped silently: the last level takes every older age
+                raise ValueError(f"the last schedule entry {p!r} takes every older age and has no bound; "
+                                 f"write {name.strip()!r}")
         return Schedule(tuple(levels), tuple(bounds), unit)
 
     def level_for(self, age: float) -> str:
@@ -425,6 +436,7 @@ def plan_memory(turns: Sequence[Union[Turn, dict]], budget: Optional[int] = None
         turn_rows.append(rows)
         missing = miss if missing is None else missing + miss
     warn_missing(missing)
+    warn_rtl("".join(t.text for t in turns))
 
     plan = Plan(turns, ages, unit, order, scheduled, list(scheduled), g, page_mode, ladder, per_page, text_tokens,
                 turn_rows, counter.name, counter.is_estimate, sched, budget, markdown, max_tiles, notes=notes)

@@ -41,6 +41,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import limits
 from ..modes import DEFAULT_MAX_TILES, get_mode, vision_token_count
 from .font import FALLBACK_CHAR, FONT_NAME, font_info, pil_font
 
@@ -98,8 +99,7 @@ class PageGeometry:
 
     @staticmethod
     def make(width: int, height: int, font_size: int, margin: Optional[int] = None) -> "PageGeometry":
-        if width <= 0 or height <= 0:
-            raise ValueError(f"page size must be positive, got {width}x{height}")
+        check_page_size(width, height)
         if font_size < 1:
             raise ValueError(f"font size must be >= 1, got {font_size}")
         if margin is None:
@@ -120,11 +120,21 @@ def page_size(mode) -> Tuple[int, int]:
     return PAGE_SIZES[get_mode(mode).name]
 
 
+def check_page_size(width: int, height: int) -> None:
+    """Positive, and at most :data:`deepencoder.limits.PAGE_PIXELS` pixels: a page is allocated whole
+    (``--page-size 100000x100000`` would be a 30 GB image)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"page size must be positive, got {width}x{height}")
+    limits.PAGE_PIXELS.check(width * height, f"page size {width}x{height}")
+
+
 def parse_page_size(s: str) -> Tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", s)
     if not m:
         raise ValueError(f"page size must look like 1280x1280, got {s!r}")
-    return int(m.group(1)), int(m.group(2))
+    w, h = int(m.group(1)), int(m.group(2))
+    check_page_size(w, h)
+    return w, h
 
 
 def choose_geometry(mode="base", density: float = DEFAULT_DENSITY, font_size: Optional[int] = None,
@@ -139,7 +149,7 @@ def choose_geometry(mode="base", density: float = DEFAULT_DENSITY, font_size: Op
     w, h = size or page_size(mode)
     if font_size is not None:
         return PageGeometry.make(w, h, int(font_size), margin)
-    if not density or density <= 0:
+    if not isinstance(density, (int, float)) or not math.isfinite(density) or density <= 0:
         raise ValueError(f"density must be a positive number of characters per vision token, got {density}")
     target = density * vision_token_count(w, h, mode, max_tiles)
     for s in range(MAX_FONT, MIN_FONT - 1, -1):
@@ -595,6 +605,22 @@ def warn_missing(missing: Counter, stacklevel: int = 2) -> None:
                   UnsupportedCharacterWarning, stacklevel=stacklevel + 1)
 
 
+class RightToLeftWarning(UserWarning):
+    """Right-to-left text (Arabic, Hebrew, ...) is drawn left to right, unshaped."""
+
+
+def warn_rtl(text: str, stacklevel: int = 2) -> int:
+    """Warn when ``text`` holds right-to-left letters (Unicode bidi classes R and AL): the renderer puts
+    one glyph per cell, left to right, with no bidi reordering and no Arabic shaping, so such a page
+    shows the letters in reverse order and unjoined. Returns how many there are."""
+    n = sum(1 for ch in text if ord(ch) >= 0x0590 and unicodedata.bidirectional(ch) in ("R", "AL"))
+    if n:
+        warnings.warn(f"{n} right-to-left character(s) (Arabic, Hebrew, ...) are drawn left to right and "
+                      "unshaped (no bidi reordering, no joining): a reader sees them reversed",
+                      RightToLeftWarning, stacklevel=stacklevel + 1)
+    return n
+
+
 def _printable(ch: str) -> str:
     return repr(ch) if unicodedata.category(ch)[0] == "C" else f"'{ch}'"
 
@@ -625,6 +651,7 @@ def layout_text(text: str, mode="base", density: float = DEFAULT_DENSITY, font_s
     lay = Layout(rows, g, {0: text}, missing, markdown)
     check_pages(lay.num_pages, max_pages, g)
     warn_missing(missing)
+    warn_rtl(text)
     return lay
 
 

@@ -48,8 +48,12 @@ class TokenCounter:
 
     def __call__(self, text: str) -> int:
         n = self.fn(text)
-        if not isinstance(n, int):
-            n = len(n)  # a tokenizer that returns ids or pieces
+        if isinstance(n, bool) or not isinstance(n, int):
+            try:
+                n = len(n)  # a tokenizer that returns ids or pieces
+            except TypeError:
+                raise ValueError(f"token counter {self.name} returned a {type(n).__name__}; it must return an int "
+                                 "or a sequence of tokens") from None
         if n < 0:
             raise ValueError(f"token counter {self.name} returned a negative count ({n})")
         return n
@@ -75,7 +79,17 @@ def make_counter(spec: Union[None, str, Callable, TokenCounter] = None) -> Token
         return TokenCounter(lambda s: len(tok.encode(s, add_special_tokens=False)), name=spec)
     if ":" in spec:
         mod, _, attr = spec.partition(":")
-        fn = getattr(importlib.import_module(mod), attr)
+        if not mod or not attr:
+            raise ValueError(f"tokenizer {spec!r}: expected 'module.path:function'")
+        try:
+            module = importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - any import failure is the user's spec, said in one line
+            raise ValueError(f"tokenizer {spec!r}: cannot import module {mod!r} ({type(e).__name__}: {e})") from None
+        fn = getattr(module, attr, None)
+        if fn is None:
+            raise ValueError(f"tokenizer {spec!r}: module {mod!r} has no attribute {attr!r}")
+        if not callable(fn):
+            raise ValueError(f"tokenizer {spec!r}: {mod}.{attr} is a {type(fn).__name__}, not a callable str -> int")
         return TokenCounter(fn, name=spec)
     raise ValueError(f"unknown tokenizer spec {spec!r}: use 'estimate', 'hf:NAME_OR_PATH' or 'module:function'")
 

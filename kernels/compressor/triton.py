@@ -388,6 +388,8 @@ def conv2d_nhwc_fwd(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
         y = torch.empty(B, OH, OW, cout, device=x.device, dtype=x.dtype)
     if config is None:
         config = CONFIGS[config_family(x)]["neck0" if ln is not None else "net2"][0]
+    if ln is not None:
+        ln = (ln[0].contiguous(), ln[1].contiguous())
     return _launch_conv(x, pack_conv_weight(w), kh, kw, stride, padding, y, ln, eps, config)
 
 
@@ -406,8 +408,11 @@ def compressor_fwd(x: torch.Tensor, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b
     y1 = torch.empty(B, H, W, c1, device=x.device, dtype=x.dtype)
     y2 = torch.empty_like(y1)
     y3 = torch.empty(B, oh1, ow1, c3, device=x.device, dtype=x.dtype)
-    _launch_conv(x, pack_conv_weight(neck0_w), 1, 1, 1, 0, y1, (ln1_w, ln1_b), eps, cfg["neck0"])
-    _launch_conv(y1, pack_conv_weight(neck2_w), 3, 3, 1, 1, y2, (ln2_w, ln2_b), eps, cfg["neck2"])
+    # the LayerNorm vectors are read at unit stride
+    ln1 = (ln1_w.contiguous(), ln1_b.contiguous())
+    ln2 = (ln2_w.contiguous(), ln2_b.contiguous())
+    _launch_conv(x, pack_conv_weight(neck0_w), 1, 1, 1, 0, y1, ln1, eps, cfg["neck0"])
+    _launch_conv(y1, pack_conv_weight(neck2_w), 3, 3, 1, 1, y2, ln2, eps, cfg["neck2"])
     _launch_conv(y2, pack_conv_weight(net2_w), 3, 3, 2, 1, y3, None, eps, cfg["net2"])
     # out [B, g*g, C4] seen as [B, g, g, C4]: token t = oh*ow2 + ow
     y4 = out.as_strided((B, oh2, ow2, c4), (out.stride(0), ow2 * out.stride(1), out.stride(1), 1),

@@ -111,6 +111,54 @@ MAX_REGION_SIDE = 128  # RW_WIN / RH_WIN register tiles grow with the side; S=12
 
 
 @triton.jit
+def _rel_w_tile(q, RELW, qj, kw0, offs_d, REG_W, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, RW_WIN: tl.constexpr, RW_PIECE: tl.constexpr, DOT_F32: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    """``bw[m, n] = q_m . Rw[qj_m - (kw0 + n) + Lw - 1] * log2(e)`` for the key columns ``kw0 + n``; ``-inf``
+    on columns ``>= Lw``, so the key loop needs no column mask. ``[BLOCK_M, BLOCK_N]`` fp32.
+
+    One dot with the ``RW_WIN`` table rows starting at ``Lw - kw0 - BLOCK_N``, then the Toeplitz skew as a
+    gather along the row, in ``RW_PIECE``-wide pieces (a narrower gather source holds fewer registers).
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    kn = tl.arange(0, BLOCK_N)
+    gidx = qj[:, None] - kn[None, :] + (BLOCK_N - 1)  # in [0, Lw + BLOCK_N - 2]
+    offs_p = tl.arange(0, RW_PIECE)
+    bw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for piece in tl.static_range(0, RW_WIN // RW_PIECE):
+        rw_row = REG_W - kw0 - BLOCK_N + piece * RW_PIECE + offs_p
+        rw_ok = (rw_row >= 0) & (rw_row < 2 * REG_W - 1)
+        rwt = tl.load(RELW + rw_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rw_ok[None, :], other=0.0)
+        if DOT_F32:
+            rwt = rwt.to(tl.float32)
+        pw = tl.dot(q, rwt, input_precision=DOT_PREC)  # [BLOCK_M, RW_PIECE]
+        pidx = gidx - piece * RW_PIECE
+        g = tl.gather(pw, tl.minimum(tl.maximum(pidx, 0), RW_PIECE - 1), axis=1)
+        bw = tl.where((pidx >= 0) & (pidx < RW_PIECE), g, bw)
+    return tl.where((kw0 + kn < REG_W)[None, :], bw * LOG2E, float("-inf"))
+
+
+@triton.jit
+def _rel_h_row(q, RELH, kh, i_lo, row_in_win, offs_d, REG_H, HEAD_DIM: tl.constexpr, RH_WIN: tl.constexpr,
+               DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``bh[m] = q_m . Rh[qi_m - kh + Lh - 1] * log2(e)`` for key row ``kh``: ``[BLOCK_M]`` fp32.
+
+    The block's queries span rows ``i_lo .. i_lo + RH_WIN - 1`` of the region, so the table rows they need
+    are the ``RH_WIN`` consecutive rows from ``i_lo - kh + Lh - 1``: one small dot, then each query picks
+    its column ``row_in_win = qi - i_lo`` (a select-sum).
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    offs_th = tl.arange(0, RH_WIN)
+    rh_row = i_lo - kh + REG_H - 1 + offs_th
+    rh_ok = (rh_row >= 0) & (rh_row < 2 * REG_H - 1)
+    rht = tl.load(RELH + rh_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rh_ok[None, :], other=0.0)
+    if DOT_F32:
+        rht = rht.to(tl.float32)
+    pk = tl.dot(q, rht, input_precision=DOT_PREC)  # [BLOCK_M, RH_WIN]
+    return tl.sum(tl.where(offs_th[None, :] == row_in_win[:, None], pk, 0.0), axis=1) * LOG2E
+
+
+@triton.jit
 def _sam_attention_fwd_kernel(
     QKV, RELH, RELW, BIAS, OUT,
     H, W,  # the image grid (rows, cols) of qkv and out
@@ -122,9 +170,9 @@ def _sam_attention_fwd_kernel(
     RW_WIN: tl.constexpr, RW_PIECE: tl.constexpr, RH_WIN: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
+    """One block of ``BLOCK_M`` consecutive queries of one region of one (batch, head); see the module doc."""
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and HEAD_DIM >= 16, "tl.dot needs tiles of 16+")
     tl.static_assert(RH_WIN >= 16 and RW_WIN >= BLOCK_N, "rel-pos windows too narrow")
-    LOG2E: tl.constexpr = 1.4426950408889634
     C: tl.constexpr = NUM_HEADS * HEAD_DIM
     C3: tl.constexpr = 3 * C
 
@@ -152,37 +200,20 @@ def _sam_attention_fwd_kernel(
         kb = tl.load(BIAS + C + hd * HEAD_DIM + offs_d)
         vb = tl.load(BIAS + 2 * C + hd * HEAD_DIM + offs_d)
 
-    i_lo = (pid_m * BLOCK_M) // REG_W
-    offs_th = tl.arange(0, RH_WIN)
+    i_lo = (pid_m * BLOCK_M) // REG_W  # first region row of this query block
     row_in_win = qi - i_lo  # < RH_WIN by construction of RH_WIN
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    # unrolled: a runtime chunk loop keeps acc live across the gather below and spills (ptxas)
+    # unrolled: a runtime chunk loop keeps acc live across the bw gather and spills (ptxas)
     for ch in tl.static_range(0, N_CHUNKS):
         kw0 = ch * BLOCK_N
         kn = tl.arange(0, BLOCK_N)
         kw = kw0 + kn
-        # bw[m, kw] = q_m . Rw[qj - kw + Lw - 1]: dot with the RW_WIN table rows starting at
-        # Lw - kw0 - BLOCK_N, then the Toeplitz skew as a gather along the row. Two half-width
-        # pieces keep the gather source at [BLOCK_M, RW_WIN/2] (184 instead of 255+ registers, sm_80).
-        gidx = qj[:, None] - kn[None, :] + (BLOCK_N - 1)  # in [0, Lw + BLOCK_N - 2]
-        offs_p = tl.arange(0, RW_PIECE)
-        bw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for piece in tl.static_range(0, RW_WIN // RW_PIECE):
-            rw_row = REG_W - kw0 - BLOCK_N + piece * RW_PIECE + offs_p
-            rw_ok = (rw_row >= 0) & (rw_row < 2 * REG_W - 1)
-            rwt = tl.load(RELW + rw_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rw_ok[None, :], other=0.0)
-            if DOT_F32:
-                rwt = rwt.to(tl.float32)
-            pw = tl.dot(q, rwt, input_precision=DOT_PREC)  # [BLOCK_M, RW_PIECE]
-            pidx = gidx - piece * RW_PIECE
-            g = tl.gather(pw, tl.minimum(tl.maximum(pidx, 0), RW_PIECE - 1), axis=1)
-            bw = tl.where((pidx >= 0) & (pidx < RW_PIECE), g, bw)
-        bw = tl.where((kw < REG_W)[None, :], bw * LOG2E, float("-inf"))
-
+        bw = _rel_w_tile(q, RELW, qj, kw0, offs_d, REG_W, HEAD_DIM, BLOCK_M, BLOCK_N, RW_WIN, RW_PIECE, DOT_F32,
+                         DOT_PREC)
         k_col_ok = (kw < REG_W) & (c0 + kw < W)
         for kh in range(0, REG_H):
             k_ok = k_col_ok & (kn * 0 + (r0 + kh) < H)  # (a tensor: a scalar bool breaks the interpreter's mask)
@@ -193,15 +224,7 @@ def _sam_attention_fwd_kernel(
             if DOT_F32:
                 k = k.to(tl.float32)
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
-
-            # bh[m] = q_m . Rh[qi - kh + Lh - 1] = Pk[m, qi - i_lo]
-            rh_row = i_lo - kh + REG_H - 1 + offs_th
-            rh_ok = (rh_row >= 0) & (rh_row < 2 * REG_H - 1)
-            rht = tl.load(RELH + rh_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rh_ok[None, :], other=0.0)
-            if DOT_F32:
-                rht = rht.to(tl.float32)
-            pk = tl.dot(q, rht, input_precision=DOT_PREC)  # [BLOCK_M, RH_WIN]
-            bh = tl.sum(tl.where(offs_th[None, :] == row_in_win[:, None], pk, 0.0), axis=1) * LOG2E
+            bh = _rel_h_row(q, RELH, kh, i_lo, row_in_win, offs_d, REG_H, HEAD_DIM, RH_WIN, DOT_F32, DOT_PREC)
 
             # online softmax in base 2; bh is constant along the tile: fold it into the row offset
             u = qk * scale_log2e + bw

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Tuple
 
+from deepencoder.kernels._common import compressor_grids, token_grid
+
 from deepencoder.config import DeepEncoderConfig, grid_sizes
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2}
@@ -87,15 +89,10 @@ def upstream_bias_bytes(B: int, G: int, heads: int, window: int, elem: int) -> f
 # --------------------------------------------------------------------------------------------------
 
 
-def _after_stride2(G: int) -> int:
-    return (G - 1) // 2 + 1
-
-
 def compressor_macs(B: int, G: int, cfg: Optional[DeepEncoderConfig] = None) -> float:
     """neck 1x1 (C -> c1), neck 3x3 (c1 -> c1), net_2 3x3 s2 (c1 -> c3), net_3 3x3 s2 (c3 -> c4)."""
     s = _cfg(cfg).sam
-    g1 = _after_stride2(G)
-    g2 = _after_stride2(g1)
+    g1, g2 = compressor_grids(G)
     return float(B * (G * G * s.embed_dim * s.out_chans + G * G * s.out_chans * s.out_chans * 9
                       + g1 * g1 * s.out_chans * s.net2_chans * 9 + g2 * g2 * s.net2_chans * s.net3_chans * 9))
 
@@ -103,7 +100,7 @@ def compressor_macs(B: int, G: int, cfg: Optional[DeepEncoderConfig] = None) -> 
 def compressor_bytes(B: int, G: int, elem: int, cfg: Optional[DeepEncoderConfig] = None) -> float:
     """Input ``[B,G,G,C]`` read, the four weights read, tokens ``[B,g*g,c4]`` written (fused floor)."""
     s = _cfg(cfg).sam
-    g = _after_stride2(_after_stride2(G))
+    g = token_grid(G)
     w = (s.embed_dim * s.out_chans + s.out_chans ** 2 * 9 + s.out_chans * s.net2_chans * 9
          + s.net2_chans * s.net3_chans * 9 + 4 * s.out_chans)
     return float(elem * (B * G * G * s.embed_dim + w + B * g * g * s.net3_chans))

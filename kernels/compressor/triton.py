@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreter_active
+from .._common import compressor_grids, interpreter_active
 from .reference import out_size
 
 
@@ -403,8 +403,7 @@ def compressor_fwd(x: torch.Tensor, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b
     c1, c3, c4 = neck0_w.shape[0], net2_w.shape[0], net3_w.shape[0]
     shipped = {s: lst[0] for s, lst in CONFIGS[config_family(x)].items()}
     cfg = {**shipped, **(configs or {})}
-    oh1, ow1 = out_size(H, 3, 2, 1), out_size(W, 3, 2, 1)
-    oh2, ow2 = out_size(oh1, 3, 2, 1), out_size(ow1, 3, 2, 1)
+    (oh1, oh2), (ow1, ow2) = compressor_grids(H), compressor_grids(W)
     y1 = torch.empty(B, H, W, c1, device=x.device, dtype=x.dtype)
     y2 = torch.empty_like(y1)
     y3 = torch.empty(B, oh1, ow1, c3, device=x.device, dtype=x.dtype)
@@ -433,8 +432,7 @@ _REAL_STAGES = (("neck0", 1, 1, 0, 768, 256, True), ("neck2", 3, 1, 1, 256, 256,
 def stage_cost(stage: str, S: int = 1024, batch: int = 32, elem: int = 2) -> Tuple[float, float]:
     """(flops, minimum DRAM bytes) of one stage: input read once, packed weights once, output written once."""
     G = S // 16
-    g1 = out_size(G, 3, 2, 1)
-    g2 = out_size(g1, 3, 2, 1)
+    g1, g2 = compressor_grids(G)
     hw_in = {"neck0": G, "neck2": G, "net2": G, "net3": g1}[stage]
     hw_out = {"neck0": G, "neck2": G, "net2": g1, "net3": g2}[stage]
     _, k, _, _, cin, cout, ln = next(r for r in _REAL_STAGES if r[0] == stage)

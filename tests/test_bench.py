@@ -186,9 +186,10 @@ def test_compare_math_on_hand_made_rows(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_wrong_provider_is_failed_and_not_timed():
+def _gate_rows():
+    """Rows of one real case run with a correct, a wrong, a missing and a raising provider, and call counts."""
     from bench.cases import Provider, Unavailable, sam_attention_case
-    from bench.measure import Timer
+    from bench.measure import Timer, provenance
     from bench.suite import Runner
 
     dev = torch.device("cpu")
@@ -223,9 +224,15 @@ def test_wrong_provider_is_failed_and_not_timed():
     provs = [upstream, Provider("wrong", wrong_build), Provider("right", right_build),
              Provider("missing", missing), Provider("broken", broken)]
     timer = Timer(dev, target_ms=1.0, min_reps=3, warmup=1)
-    runner = Runner(dev, torch.float32, timer, {"input_sets": 3}, {"device": "cpu"}, {"tflops": 1.0, "gbps": 1.0})
+    prov = {**provenance(dev), "config": "test"}  # full provenance: the rows pass the schema as real ones
+    runner = Runner(dev, torch.float32, timer, {"input_sets": 3}, prov, {"tflops": 1.0, "gbps": 1.0})
     runner.run_case(case, provs)
-    rows = {r["provider"]: r for r in runner.rows}
+    return runner.rows, calls
+
+
+def test_wrong_provider_is_failed_and_not_timed():
+    rows, calls = _gate_rows()
+    rows = {r["provider"]: r for r in rows}
     w = rows["wrong"]
     assert w["status"] == "failed" and w["check"] == "fail" and "correctness" in w["reason"]
     assert w["ms_p50"] is None and w["reps"] is None and w["rel_err"] > w["tol"]
@@ -234,6 +241,36 @@ def test_wrong_provider_is_failed_and_not_timed():
     assert rows["upstream"]["status"] == "ok"
     assert rows["missing"]["status"] == "unavailable" and rows["missing"]["reason"] == "not here"
     assert rows["broken"]["status"] == "error" and "kernel exploded" in rows["broken"]["reason"]
+
+
+def test_bench_exits_nonzero_when_a_provider_fails_unless_allowed(tmp_path, monkeypatch, capsys):
+    """``python -m bench`` fails by default on a failed or raising provider (the rows are still written,
+    marked failed); ``--allow-failures`` is the explicit opt-out; a clean run exits 0."""
+    import bench.suite
+    from bench.__main__ import main
+
+    rows, _ = _gate_rows()
+    served = {"rows": rows}
+    monkeypatch.setattr(bench.suite, "run_suite", lambda *a, **k: [dict(r) for r in served["rows"]])
+    monkeypatch.delenv("DEEPENCODER_BENCH_STRICT", raising=False)
+    threads = torch.get_num_threads()
+    argv = ["--smoke", "--no-compile", "--out", str(tmp_path), "--quiet"]
+    try:
+        assert main(argv + ["--name", "gate"]) == 1
+        err = capsys.readouterr().err
+        assert "FAILED: " in err and " wrong: correctness check failed" in err
+        assert "ERROR: " in err and "kernel exploded" in err and "2 row(s) failed" in err
+        saved = {r["provider"]: r["status"] for r in report.load_rows(str(tmp_path / "gate.json"))}
+        assert saved["wrong"] == "failed" and saved["broken"] == "error" and saved["right"] == "ok"
+        assert "failed" in (tmp_path / "gate.md").read_text()
+
+        assert main(argv + ["--name", "gate2", "--allow-failures"]) == 0
+        assert "exit 0 because of --allow-failures" in capsys.readouterr().err
+
+        served["rows"] = [r for r in rows if r["status"] in ("ok", "unavailable")]
+        assert main(argv + ["--name", "clean"]) == 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_upstream_sam_attention_matches_the_reference_model():

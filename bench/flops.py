@@ -2,11 +2,12 @@
 
 Everything is computed from a :class:`deepencoder.config.DeepEncoderConfig`, so the same functions serve
 the real encoder and the small test config. FLOPs = 2 x MACs. Softmax, LayerNorm, GELU and the residual
-adds are left out (a few percent of the total, not matrix work). SPEC.md, "Cost of one image", gives the
-figures this model must reproduce at S=1024 (``tests/test_bench.py`` checks it):
+adds are left out (a few percent of the total, not matrix work). The project's cost budget for one
+1024x1024 image ("Cost of one image", counted by hand from the DeepSeek-OCR architecture) gives the figures
+this model must reproduce at S=1024 (``tests/test_bench.py`` checks it):
 
 =====================  ===========  ===============================================================
-term                   SPEC (MACs)  counted here
+term                   budget MACs  counted here
 =====================  ===========  ===============================================================
 SAM linear layers      348 G        qkv, proj, lin1, lin2 over the G*G real tokens of all 12 blocks
 SAM global attention   103 G        q.k^T and p.v over N = G*G, plus the rel-pos terms q.Rh, q.Rw
@@ -122,7 +123,7 @@ def clip_attention_bytes(B: int, N: int, heads: int, head_dim: int, elem: int) -
 
 
 def image_macs(S: int, cfg: Optional[DeepEncoderConfig] = None) -> Dict[str, float]:
-    """MACs of one ``S x S`` view through the whole encoder, by SPEC.md's terms (see the module doc)."""
+    """MACs of one ``S x S`` view through the whole encoder, by the cost budget's terms (see the module doc)."""
     c = _cfg(cfg)
     s, k = c.sam, c.clip
     G, g = grid_sizes(S, s.patch_size)

@@ -1,44 +1,15 @@
 """Triton implicit-GEMM convolutions, channels-last, for the 16x compressor (neck + net_2 + net_3).
 
-One kernel, :func:`_conv2d_nhwc_fwd_kernel`, specialised four times (constexprs), launched four times:
+One kernel, :func:`_conv2d_nhwc_fwd_kernel`, launched four times: neck0 (1x1, 768->256, + LayerNorm2d),
+neck2 (3x3 s1 p1, 256->256, + LayerNorm2d), net2 (3x3 s2 p1, 256->512), net3 (3x3 s2 p1, 512->1024,
+stored straight into the caller's ``[B, g*g, 1024]`` token buffer through its strides).
 
-=======  ==========================  ================  =====================================
-stage    convolution                 GEMM (M x K x N)  epilogue
-=======  ==========================  ================  =====================================
-neck0    1x1, 768 -> 256             B*G*G x 768 x 256  LayerNorm2d (neck.1), full row in tile
-neck2    3x3 s1 p1, 256 -> 256       B*G*G x 2304 x 256 LayerNorm2d (neck.3), full row in tile
-net2     3x3 s2 p1, 256 -> 512       B*g1*g1 x 2304 x 512  store
-net3     3x3 s2 p1, 512 -> 1024      B*g*g x 4608 x 1024   store into the token-layout output
-=======  ==========================  ================  =====================================
-
-Implicit GEMM: row ``m`` of the GEMM is one output pixel ``(b, oh, ow)``; column ``n`` one output channel;
-the reduction index ``k = (kh*KW + kw)*CIN + cin`` walks the taps, and inside each tap a block of
-``BLOCK_K`` input channels, which are contiguous in channels-last memory: every A-tile row is one
-coalesced 2*BLOCK_K-byte read at ``x[b, oh*S-P+kh, ow*S-P+kw, c0:c0+BLOCK_K]``, zero outside the image
-(that is the padding). One flat loop over ``KH*KW*ceil(CIN/BLOCK_K)`` steps so Triton's software
-pipeliner sees a single loop.
-
-Weights are pre-packed once (:func:`pack_conv_weight`, cached) from the checkpoint's ``[Cout, Cin, KH,
-KW]`` to ``[KH*KW*Cin, Cout]`` (row ``k`` as above, output channels contiguous): B-tile rows are
-contiguous 2*BLOCK_N-byte reads.
-
-LayerNorm2d fusion: a LayerNorm2d normalises each pixel over its channels, i.e. each GEMM row over all
-of ``N``. With ``BLOCK_N >= COUT`` (256 channels fit in one tile) a program owns whole rows, so mean,
-variance, normalisation and the affine transform run on the float32 accumulator in registers before the
-single store. Statistics are float32 (upstream: activation dtype; see ``reference.py`` and the tests for
-the error numbers).
-
-Intermediates (activation dtype, channels-last contiguous): y1 ``[B,G,G,256]``, y2 ``[B,G,G,256]``,
-y3 ``[B,g1,g1,512]``. The last stage writes straight into the caller's ``[B, g*g, 1024]`` buffer through
-its strides (e.g. the right half of the ``[B, g*g, 2048]`` projector-input concat).
-
-DRAM bytes at S=1024 (G=64), batch 32, bf16 (:func:`stage_cost`): the irreducible minimum is x 201.3 MB
-+ weights 13.4 MB + tokens 16.8 MB = 231.5 MB. The four launches move 567 MB: the minimum plus y1, y2
-(67.1 MB each) and y3 (33.6 MB), each written once and read once (the 3x3 halo re-reads and the
-per-M-tile weight re-reads hit L2). No permutes, no separate LayerNorm passes (upstream's eager
-LayerNorm2d is a chain of elementwise and reduction kernels, each reading and writing the 67 MB map, and
-its token layout needs a flatten/transpose copy before the concat). GEMM FLOPs: 51.5 + 154.6 + 77.3 +
-77.3 = 360.8 GFLOP.
+GEMM row ``m`` = output pixel ``(b, oh, ow)``, column ``n`` = output channel, reduction
+``k = (kh*KW + kw)*CIN + cin``: each A-tile row is one coalesced read of ``BLOCK_K`` channels of one
+input pixel (zero outside the image: the padding). Weights are packed once to ``[KH*KW*CIN, COUT]``.
+Why: with ``BLOCK_N >= COUT`` a program owns whole pixels, so both LayerNorm2d run on the float32
+accumulator in registers before the single store: no permutes, no separate LayerNorm passes, no concat
+copy. Stage table, DRAM bytes, config choices and the compiled register table: ``docs/compressor.md``.
 """
 
 from dataclasses import dataclass
@@ -245,17 +216,9 @@ STAGES = ("neck0", "neck2", "net2", "net3")
 LN_STAGES = ("neck0", "neck2")
 
 # Explicit config lists. The first entry of each list is the one shipped (what ``auto`` runs); the
-# others are alternates, kept correct too (the tests force every entry). Ahead-of-time numbers on their
-# own arch (Triton 3.9, fp16/bf16, bundled ptxas with Triton's --regAllocOptLevel=2; regs/thread):
-#   sm90 (wgmma): LayerNorm stages 128 x 256 (two 128-column halves) x 64, 8 warps: 224-230 regs, 0 spills,
-#     144 KiB; their 64-row alternates 119-123 regs, 120 KiB. net2/net3 128 x 256 x 64, 8 warps: 208 regs,
-#     144 KiB; 128 x 128 x 64, 4 warps: 230-232 regs, 128 KiB. All spill-free.
-#     8 warps = 2 warpgroups of 64 rows for wgmma; a 128 x 256 fp32 accumulator is 128 regs/thread. With
-#     one 256-wide accumulator the LayerNorm epilogue (weight and bias vectors, 64 regs each) spills
-#     64-104 bytes: hence split_n.
-#   sm80 (mma.sync): LayerNorm stages 128 x 256 x 32, 8 warps: 242-248 regs, 48 KiB (64-row alternates
-#     150-172); net2/net3 128 x 128 x 32, 4 warps, 4 stages: 255 regs, 48 KiB (128 x 256: 240). Spill-free.
-# Smem at BLOCK_K 64: (BM + BN) * BK * 2 bytes per stage; H100 has 227 KiB per block, A100 163 KiB.
+# others are alternates, kept correct too (the tests force every entry). sm90: 8 warps = 2 warpgroups for
+# wgmma; split_n on the LayerNorm stages keeps the epilogue vectors from spilling. Registers, spills and
+# shared memory per arch: docs/compressor.md (generated from bench/results/aot_report*.json).
 CONFIGS: Dict[str, Dict[str, List[ConvConfig]]] = {
     "sm90": {
         "neck0": [ConvConfig(128, None, 64, 8, 3, True), ConvConfig(64, None, 64, 8, 3, True)],
@@ -270,8 +233,7 @@ CONFIGS: Dict[str, Dict[str, List[ConvConfig]]] = {
         "net3": [ConvConfig(128, 128, 32, 4, 4), ConvConfig(128, 256, 32, 8, 3)],
     },
     # float32 activations (a correctness path, any arch): the fp32 "ieee" dot runs on FMA units with its
-    # operands in registers, so the big 16-bit tiles spill by kilobytes; these do not (174-202 regs, 40 KiB,
-    # 0 spills on sm_80 and sm_90).
+    # operands in registers, so the big 16-bit tiles spill by kilobytes; these 64-row tiles do not.
     "fp32": {
         "neck0": [ConvConfig(64, None, 32, 8, 2)],
         "neck2": [ConvConfig(64, None, 32, 8, 2)],

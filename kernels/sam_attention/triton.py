@@ -1,58 +1,14 @@
 """Fused SAM attention with the decomposed relative-position bias computed in-kernel (Triton).
 
-One kernel serves both SAM attention kinds (``../../shared/SPEC.md``, "SAM attention, exactly"):
+``qkv [B, H, W, 3*heads*D]`` (the qkv projection of the unpartitioned map) -> ``out [B, H, W, heads*D]``,
+per ``ws x ws`` window (padded tokens = the qkv bias) or over the whole grid (global):
+``out = softmax(q k^T * scale + q.Rh[i - kh + Lh - 1] + q.Rw[j - kw + Lw - 1]) v``.
 
-* **global** blocks: the attention *region* is the whole ``H x W`` grid, ``Lh = H``, ``Lw = W``;
-* **window** blocks: the region is one ``ws x ws`` window of the grid zero-padded (after norm1) to a
-  multiple of ``ws``, ``Lh = Lw = ws``. Region positions past the grid edge are padded tokens: their
-  k and v are the qkv bias (``Linear(0) = bias``), loaded from ``BIAS`` instead of memory, and real
-  queries attend to them unmasked, as upstream does. Padded queries are computed and not stored.
-
-Per program: one block of ``BLOCK_M`` consecutive (row-major) queries of one region of one
-(batch, head). q, k, v are read straight out of the qkv projection ``[B, H, W, 3*heads*D]``; the
-output is written head-major into ``[B, H, W, heads*D]``. Nothing of size ``N x N``, no padded or
-partitioned copy, no ``[B, heads, N, L]`` rel-pos tensor ever exists in memory.
-
-Key tiles follow the grid: a tile is ``BLOCK_N`` columns ``[kw0, kw0+BLOCK_N)`` of ONE key row ``kh``
-(``kw >= Lw`` masked). The loop is ``for column chunk: for kh in range(Lh)``. That makes the bias split
-into two cheap pieces, with ``s(m, (kh,kw)) = q.k*scale + bh[m, kh] + bw[m, kw]``:
-
-* ``bw[m, kw] = q_m . Rw[j_m - kw + Lw - 1]`` does not depend on ``kh``: it is computed once per
-  column chunk as ``tl.dot(q, Rw_window^T)`` over ``RW_WIN = next_pow2(Lw+BLOCK_N-1)`` table rows
-  (in pieces of ``RW_PIECE <= 64`` rows) and the Toeplitz skew ``tl.gather(P, j_m - kw + ..., axis=1)``
-  (warp shuffles on sm_80/sm_90); it stays in registers as an additive tile with ``-inf`` on the
-  masked columns, so the loop needs no column mask. The chunk loop is unrolled (``N_CHUNKS``
-  constexpr) and the shipped configs give one chunk for every real grid (G = 32, 40, 64, 80):
-  a second chunk keeps the accumulator live across the gather and spills.
-* ``bh[m, kh] = q_m . Rh[i_m - kh + Lh - 1]`` is one value per query row per key tile. A block of
-  ``BLOCK_M`` consecutive queries spans at most ``QSPAN = (BLOCK_M-1)//Lw + 2`` grid rows, so all
-  the ``Rh`` rows it needs at step ``kh`` are the ``RH_WIN >= QSPAN`` consecutive rows
-  ``Rh[i_lo - kh + Lh - 1 + t]``: one small ``tl.dot(q, Rh_window^T)`` (``[BLOCK_M, RH_WIN=16]``) and
-  a 16-wide select-sum pick ``bh``. ``bh`` is constant along the tile, so it folds into the
-  online-softmax row offset: ``m_new = max(m, rowmax(u) + bh)``, ``p = exp2(u - (m_new - bh))``,
-  which costs no per-element work at all.
-
-Why this and not the alternatives (numbers for global G=64, D=64, ``BLOCK_M=128, BLOCK_N=64``, per
-key tile of 128x64 scores):
-
-* QK^T and PV: 2 x 2*128*64*64 = 2.10 MFLOP on tensor cores, 8192 exp2 (the MUFU floor on H100
-  equals the MMA time at D=64: 16 exp/clk/SM vs ~4096 flop/clk/SM).
-* this kernel's rel-pos work: the ``Rh`` dot 2*128*64*16 = 0.26 MFLOP (+12.5 % tensor work), a
-  128x16 select-sum (+1/4 op per score) and a 2 KiB ``Rh`` load from L1/L2; ``bw`` costs one
-  2.1-MFLOP dot + gather per program (+1.4 % over its 64 key tiles). No extra DRAM traffic.
-* SAM-fast style precomputed ``rel_h, rel_w [B, heads, N, Lh+Lw]`` in fp32: 192 MiB written and
-  read back per global block at S=1024, batch 8 (the kernel's own minimum traffic is 192 MiB:
-  q, k, v in, out back, bf16), plus a separate einsum launch.
-* one-hot MMA of precomputed ``[BLOCK_M, Lh+Lw]`` tables against indicator matrices: +2x the QK^T
-  tensor work (K = 128 instead of 64).
-* upstream (materialised bias): 384 MiB bf16 per image per global block read by SDPA.
-
-Rounding: ``bh``/``bw`` are fp32 from fp32-accumulated dots of the input-dtype q and tables (upstream
-rounds ``rel_h``, ``rel_w`` and their sum to the activation dtype); softmax in fp32; ``p`` is rounded to
-the input dtype for the PV dot, as every flash kernel does. For float32 inputs every dot is IEEE fp32:
-that is the accuracy path, not a fast one (FMA dots; ptxas spills several KiB per thread on sm_80/90).
-Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot`` multiplies raw bits (Triton issue 11584), so
-``DOT_F32`` casts the operands to fp32 there (bf16 products are exact in fp32: same values).
+Why: upstream materialises the ``[B, heads, N, N]`` bias (384 MiB bf16 per image per global block at
+S=1024); here key tiles follow the grid (``BLOCK_N`` columns of one key row), so the bias splits into a
+per-column tile ``bw`` (:func:`_rel_w_tile`, once per column chunk) and a per-row value ``bh``
+(:func:`_rel_h_row`, folded into the online-softmax offset): no extra DRAM traffic. Design, alternatives,
+rounding and the compiled register table: ``docs/sam_attention.md``.
 """
 
 from __future__ import annotations
@@ -73,12 +29,8 @@ class SamAttnConfig(NamedTuple):
     num_stages: int
 
 
-# Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config.
-# AOT (Triton 3.9, bf16/fp16 alike, at the aot_specs() shapes), registers/thread (spill bytes):
-#   window M64-N16-w4: sm_90 128 (0), sm_80 168 (0)   window M128-N16-w8: sm_90 125 (0), sm_80 136 (0)
-#   global M128-N64-w8: sm_90 165 (0), sm_80 184 (0)  global M64-N64-w4:  sm_90 168 (0), sm_80 189 (0)
-#   global M64-N128-w8: sm_90 237 (0), sm_80 255 (16: never picked there)
-#   global M32-N128-w4: sm_80 255 (0), sm_90 255 (84: never picked there)
+# Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config. Registers and
+# spills per arch (ahead-of-time compile): docs/sam_attention.md, generated from bench/results/aot_report*.json.
 # configs that run on one architecture family only (major capability >= 9, or < 9)
 HOPPER_ONLY = {SamAttnConfig(64, 128, 8, 2)}
 AMPERE_ONLY = {SamAttnConfig(32, 128, 4, 2)}

@@ -252,7 +252,6 @@ def test_bench_exits_nonzero_when_a_provider_fails_unless_allowed(tmp_path, monk
     rows, _ = _gate_rows()
     served = {"rows": rows}
     monkeypatch.setattr(bench.suite, "run_suite", lambda *a, **k: [dict(r) for r in served["rows"]])
-    monkeypatch.delenv("DEEPENCODER_BENCH_STRICT", raising=False)
     threads = torch.get_num_threads()
     argv = ["--smoke", "--no-compile", "--out", str(tmp_path), "--quiet"]
     try:

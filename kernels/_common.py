@@ -47,6 +47,17 @@ def triton_importable() -> Tuple[bool, str]:
     return True, ""
 
 
+def triton_version() -> Tuple[int, int]:
+    """(major, minor) of the installed Triton, (0, 0) when it is not importable."""
+    try:
+        import triton
+
+        major, minor = (int(p) for p in triton.__version__.split("+")[0].split(".")[:2])
+        return major, minor
+    except Exception:  # noqa: BLE001 - any failure: no usable Triton
+        return 0, 0
+
+
 def kill_switch(op: str) -> Optional[str]:
     if os.environ.get("DEEPENCODER_DISABLE_TRITON", "0") not in ("", "0"):
         return "DEEPENCODER_DISABLE_TRITON is set"

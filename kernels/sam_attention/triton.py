@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreter_active
+from .._common import interpreter_active, triton_version
 
 
 class SamAttnConfig(NamedTuple):
@@ -32,8 +32,20 @@ class SamAttnConfig(NamedTuple):
 # Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config. Registers and
 # spills per arch (ahead-of-time compile): docs/sam_attention.md, generated from bench/results/aot_report*.json.
 # configs that run on one architecture family only (major capability >= 9, or < 9)
-HOPPER_ONLY = {SamAttnConfig(64, 128, 8, 2)}
 AMPERE_ONLY = {SamAttnConfig(32, 128, 4, 2)}
+
+
+def hopper_only(version) -> set:
+    """Configs not run on sm_80 under Triton ``version`` (major, minor). Triton 3.6 (the GPU machine's)
+    compiles the 128-row 8-warp configs for sm_80 with 16 bytes of spills, 3.7-3.9 without
+    (bench/results/aot_report-triton3.6.md): under Triton < 3.7 they run on sm_90 only."""
+    only = {SamAttnConfig(64, 128, 8, 2)}
+    if tuple(version) < (3, 7):
+        only |= {SamAttnConfig(128, 16, 8, 3), SamAttnConfig(128, 64, 8, 2)}
+    return only
+
+
+HOPPER_ONLY = hopper_only(triton_version())
 
 CONFIGS = {
     "global": (

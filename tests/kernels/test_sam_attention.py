@@ -368,6 +368,21 @@ def test_pick_config_for_real_shapes():
         assert c in tri.CONFIGS["global"] and tri.derived_constexprs(c, G)["N_CHUNKS"] == 1
 
 
+def test_triton36_keeps_the_sm80_spilling_configs_off_ampere(monkeypatch):
+    """Triton 3.6 spills 16 B on sm_80 in the 128-row 8-warp configs (3.7-3.9 do not; the AOT reports):
+    under it those run on Hopper only, and Ampere picks spill-free ones for every real shape."""
+    M128W, M128G, M64G128 = tri.SamAttnConfig(128, 16, 8, 3), tri.SamAttnConfig(128, 64, 8, 2), \
+        tri.SamAttnConfig(64, 128, 8, 2)
+    assert tri.hopper_only((3, 9)) == tri.hopper_only((3, 7)) == {M64G128}
+    assert tri.hopper_only((3, 6)) == {M64G128, M128W, M128G}
+    monkeypatch.setattr(tri, "_excluded_here", lambda: tri.hopper_only((3, 6)))  # an A100 under Triton 3.6
+    assert tri.pick_config(14, 64, 64, 8, 12) == tri.SamAttnConfig(64, 16, 4, 3)
+    assert tri.pick_config(0, 64, 64, 8, 12) == tri.SamAttnConfig(64, 64, 4, 2)
+    assert tri.pick_config(0, 80, 80, 8, 12) == tri.SamAttnConfig(32, 128, 4, 2)
+    for G in (32, 40, 64, 80):
+        assert tri.pick_config(0, G, G, 8, 12) not in tri.hopper_only((3, 6))
+
+
 def test_aot_specs_cover_every_config_and_argument():
     specs = tri.aot_specs()
     n_cfg = len(tri.CONFIGS["window"]) + len(tri.CONFIGS["global"])

@@ -5,4 +5,4 @@ Installed as ``deepencoder.kernels`` (never a top-level ``kernels``). One folder
 fake implementation, dispatcher). See ``_common.py`` for the backend rules.
 """
 
-from ._common import BackendUnavailable, last_backend, last_backend_reason  # noqa: F401
+from ._common import BackendUnavailable, compressor_grids, last_backend, last_backend_reason, token_grid  # noqa: F401

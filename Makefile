@@ -11,11 +11,15 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 JOBS   ?= 2
 
-.PHONY: venv install demo test test-fast lint sanitize bench-cpu aot clean
+# AOT report under another Triton (the GPU machine runs 3.6 with PyTorch 2.11; CI has a newer one)
+AOT_TRITON ?= 3.6.0
+AOT_VENV   ?= /tmp/deepencoder-aot-triton$(AOT_TRITON)
+
+.PHONY: venv install demo test test-fast lint sanitize bench-cpu aot aot-compat docs clean
 
 $(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp) $(wildcard csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip "setuptools>=77"
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[test,bench]"
 	touch $@
@@ -42,6 +46,22 @@ bench-cpu: $(VENV)/.installed
 
 aot: $(VENV)/.installed
 	$(PY) -m bench.aot --out bench/results
+
+# The same compile report under Triton $(AOT_TRITON), CPU only (no CUDA, no GPU): a scratch venv with the CPU
+# torch wheel and that Triton alone (the CPU wheel does not pin a Triton, so the two do not conflict), the
+# project installed editable without its C++ extension, then bench/results/aot_report-triton<X.Y>.json/.md.
+# Every kernel must compile there too: a Triton API difference then shows here, not on the first GPU run.
+aot-compat:
+	test -x $(AOT_VENV)/bin/python || $(PYTHON) -m venv $(AOT_VENV)
+	$(AOT_VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=77"
+	$(AOT_VENV)/bin/python -m pip install -q "$(TORCH_PIN)" numpy pillow safetensors
+	$(AOT_VENV)/bin/python -m pip install -q "triton==$(AOT_TRITON)"
+	DEEPENCODER_NO_EXT=1 $(AOT_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(AOT_VENV)/bin/python -c "import triton; assert triton.__version__ == '$(AOT_TRITON)', triton.__version__"
+	DEEPENCODER_AOT_STRICT=1 $(AOT_VENV)/bin/python -m bench.aot --out bench/results --versioned
+
+docs: $(VENV)/.installed
+	$(PY) -m bench.docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo_out .pytest_cache

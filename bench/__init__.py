@@ -2,7 +2,7 @@
 
 Modules:
 
-* :mod:`bench.flops`   the cost model (SPEC.md "Cost of one image"): MACs/FLOPs/min bytes per op and image
+* :mod:`bench.flops`   the cost model ("Cost of one image", see its module doc): MACs/FLOPs/min bytes per op and image
 * :mod:`bench.cases`   per-op cases and providers (upstream, reference, reference-compile, fast,
                        fast-graphs, flash-nobias); :mod:`bench.e2e` the end-to-end cases
 * :mod:`bench.suite`   the runner: correctness gate first, then timing, derived metrics

@@ -3,8 +3,11 @@
 Compiles every spec of every op's ``aot_specs()`` for sm_80 and sm_90 (no GPU needed; see
 ``kernels/_aot.py``) and writes ``aot_report.json`` and ``aot_report.md``: registers, spill bytes, stack,
 shared memory, MMA kind (PTX) and SASS matrix instructions, plus a roofline PREDICTION per spec from its
-flops and minimum bytes at H100 figures: 790 TFLOP/s dense bf16 (measured, SPEC.md) and 3.35 TB/s HBM3
+flops and minimum bytes at H100 figures: 790 TFLOP/s dense bf16 (measured on an H100) and 3.35 TB/s HBM3
 (nominal). Predictions are floors, not measurements.
+
+``--versioned`` names the files after the Triton that compiled them (``aot_report-triton3.6.json`` / ``.md``),
+so reports from the CI's Triton and the GPU machine's older one sit side by side (``make aot-compat``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Dict, List, Optional
 
 OPS = ("sam_attention", "compressor", "add_layernorm")
 MMA_OPS = ("sam_attention", "compressor")  # ops whose kernels must use tensor cores
-H100_TFLOPS = 790.0  # dense bf16, measured (SPEC.md "Cost of one image")
+H100_TFLOPS = 790.0  # dense bf16, measured on an H100 (a large bf16 matmul)
 H100_TBPS = 3.35  # HBM3, nominal
 
 
@@ -70,7 +73,7 @@ def build_report(ops=OPS, workers: int = 2, force_archs: bool = False) -> Dict[s
             "host": socket.gethostname(), "python": platform.python_version(), **git_commit(),
             "prediction": {"label": "PREDICTION (roofline floor, not a measurement)",
                            "tflops": H100_TFLOPS, "tbps": H100_TBPS,
-                           "source": "790 TFLOP/s dense bf16 measured on an H100 (SPEC.md); 3.35 TB/s HBM3 nominal"},
+                           "source": "790 TFLOP/s dense bf16 measured on an H100; 3.35 TB/s HBM3 nominal"},
             "wall_s": round(time.perf_counter() - t0, 1), "missing": res["missing"]}
     return {"meta": meta, "specs": specs}
 
@@ -140,6 +143,12 @@ def markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_stem(triton_version: str) -> str:
+    """``aot_report-triton3.6`` for Triton ``3.6.0`` (major.minor: patch releases compile alike)."""
+    parts = str(triton_version).split("+")[0].split(".")
+    return "aot_report-triton" + ".".join(parts[:2])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.aot", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -147,14 +156,17 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--all-archs", action="store_true",
                    help="compile arch-specific configs (-sm90- / -sm80- in the name) for both archs too")
+    p.add_argument("--versioned", action="store_true",
+                   help="name the files aot_report-triton<major>.<minor>.json/.md (default aot_report.json/.md)")
     a = p.parse_args(argv)
     rep = build_report([o for o in a.ops.split(",") if o], a.workers, a.all_archs)
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "aot_report.json"), "w") as f:
+    stem = report_stem(rep["meta"]["triton"]) if a.versioned else "aot_report"
+    with open(os.path.join(a.out, f"{stem}.json"), "w") as f:
         json.dump(rep, f, indent=1, default=str)
         f.write("\n")
     md = markdown(rep)
-    with open(os.path.join(a.out, "aot_report.md"), "w") as f:
+    with open(os.path.join(a.out, f"{stem}.md"), "w") as f:
         f.write(md)
     print(md)
     return 1 if problems(rep) and os.environ.get("DEEPENCODER_AOT_STRICT") == "1" else 0

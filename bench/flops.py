@@ -2,11 +2,12 @@
 
 Everything is computed from a :class:`deepencoder.config.DeepEncoderConfig`, so the same functions serve
 the real encoder and the small test config. FLOPs = 2 x MACs. Softmax, LayerNorm, GELU and the residual
-adds are left out (a few percent of the total, not matrix work). SPEC.md, "Cost of one image", gives the
-figures this model must reproduce at S=1024 (``tests/test_bench.py`` checks it):
+adds are left out (a few percent of the total, not matrix work). The project's cost budget for one
+1024x1024 image ("Cost of one image", counted by hand from the DeepSeek-OCR architecture) gives the figures
+this model must reproduce at S=1024 (``tests/test_bench.py`` checks it):
 
 =====================  ===========  ===============================================================
-term                   SPEC (MACs)  counted here
+term                   budget MACs  counted here
 =====================  ===========  ===============================================================
 SAM linear layers      348 G        qkv, proj, lin1, lin2 over the G*G real tokens of all 12 blocks
 SAM global attention   103 G        q.k^T and p.v over N = G*G, plus the rel-pos terms q.Rh, q.Rw
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import math
 from typing import Dict, Optional, Tuple
+
+from deepencoder.kernels._common import compressor_grids, token_grid
 
 from deepencoder.config import DeepEncoderConfig, grid_sizes
 
@@ -87,15 +90,10 @@ def upstream_bias_bytes(B: int, G: int, heads: int, window: int, elem: int) -> f
 # --------------------------------------------------------------------------------------------------
 
 
-def _after_stride2(G: int) -> int:
-    return (G - 1) // 2 + 1
-
-
 def compressor_macs(B: int, G: int, cfg: Optional[DeepEncoderConfig] = None) -> float:
     """neck 1x1 (C -> c1), neck 3x3 (c1 -> c1), net_2 3x3 s2 (c1 -> c3), net_3 3x3 s2 (c3 -> c4)."""
     s = _cfg(cfg).sam
-    g1 = _after_stride2(G)
-    g2 = _after_stride2(g1)
+    g1, g2 = compressor_grids(G)
     return float(B * (G * G * s.embed_dim * s.out_chans + G * G * s.out_chans * s.out_chans * 9
                       + g1 * g1 * s.out_chans * s.net2_chans * 9 + g2 * g2 * s.net2_chans * s.net3_chans * 9))
 
@@ -103,7 +101,7 @@ def compressor_macs(B: int, G: int, cfg: Optional[DeepEncoderConfig] = None) -> 
 def compressor_bytes(B: int, G: int, elem: int, cfg: Optional[DeepEncoderConfig] = None) -> float:
     """Input ``[B,G,G,C]`` read, the four weights read, tokens ``[B,g*g,c4]`` written (fused floor)."""
     s = _cfg(cfg).sam
-    g = _after_stride2(_after_stride2(G))
+    g = token_grid(G)
     w = (s.embed_dim * s.out_chans + s.out_chans ** 2 * 9 + s.out_chans * s.net2_chans * 9
          + s.net2_chans * s.net3_chans * 9 + 4 * s.out_chans)
     return float(elem * (B * G * G * s.embed_dim + w + B * g * g * s.net3_chans))
@@ -187,7 +185,7 @@ def ocr2_view_macs(S: int, cfg: Optional[DeepEncoderConfig] = None, dense_attent
 
 
 def image_macs(S: int, cfg: Optional[DeepEncoderConfig] = None) -> Dict[str, float]:
-    """MACs of one ``S x S`` view through the whole encoder, by SPEC.md's terms (see the module doc)."""
+    """MACs of one ``S x S`` view through the whole encoder, by the cost budget's terms (see the module doc)."""
     c = _cfg(cfg)
     s, k = c.sam, c.clip
     G, g = grid_sizes(S, s.patch_size)

@@ -54,6 +54,8 @@ stage() {
 }
 
 # ---------------------------------------------------------------- 1. install
+# --no-build-isolation builds with this environment's setuptools: pyproject's SPDX license needs >= 77. With an
+# older one (and no index to upgrade from) the install fails and the shadow tree below takes over.
 stage install 150 "$PY" -m pip install --no-deps --no-build-isolation --no-index -e .
 if ! "$PY" -c "import deepencoder.kernels, deepencoder.bench" >> "$LOG" 2>&1; then
     # fallback without pip: a shadow package tree mapping kernels/ and bench/ into deepencoder.*

@@ -1,6 +1,6 @@
 """Measuring: provenance, timers, this machine's two ceilings, memory, errors.
 
-Timing rules (``/work/shared/GPU.md``, ``.library/device/METHOD.md``):
+Timing rules:
 
 * CUDA: one pair of CUDA events around every call (or ``triton.testing.do_bench`` with ``--timer
   do_bench``), after warm-up, over many repetitions, rotating among several input sets so caches don't

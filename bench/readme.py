@@ -39,7 +39,9 @@ def load_results(results_dir: str) -> Tuple[List[Tuple[str, List[Dict[str, Any]]
             print(f"bench.readme: skipping {path}: {e}", file=sys.stderr)
             continue
         if isinstance(data, dict) and data.get("meta", {}).get("kind") == "aot_report":
-            aot = data
+            # aot_report.json is CI's Triton; aot_report-triton<X.Y>.json (make aot-compat) are other versions
+            if os.path.basename(path) == "aot_report.json":
+                aot = data
         elif isinstance(data, list) and data and isinstance(data[0], dict) and "kind" in data[0]:
             runs.append((os.path.basename(path), data))
     return runs, aot

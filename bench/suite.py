@@ -9,8 +9,8 @@ For each (case, provider):
        rel_err = ||out - ref|| / ||ref||  <=  max(TOL[kind][dtype], 2 x rel_err of the case's baseline)
 
    where the baseline is ``upstream`` (ops) or ``reference`` (end to end) in the same dtype: a provider
-   may be as inexact as twice what upstream itself is at that precision, never more (STYLE.md's rule,
-   on a norm). TOL (below) is what each precision allows when the baseline is exact. A provider that
+   may be as inexact as twice what upstream itself is at that precision, never more (flash-attention's
+   same-dtype rule, on a norm). TOL (below) is what each precision allows when the baseline is exact. A provider that
    fails is reported ``failed`` with its errors and is never timed.
 2. Timing at the row's batch over ``input_sets`` (>= 3) input sets, rotating (:class:`bench.measure.Timer`).
    The first timed-batch output must also be finite, else ``failed``.

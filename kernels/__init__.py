@@ -12,4 +12,4 @@ rebinding the folder's name to the function would break ``import deepencoder.ker
 """
 
 from . import add_rmsnorm, flow_attention, swiglu  # noqa: F401
-from ._common import BackendUnavailable, last_backend, last_backend_reason  # noqa: F401
+from ._common import BackendUnavailable, compressor_grids, last_backend, last_backend_reason, token_grid  # noqa: F401

@@ -48,3 +48,13 @@ def test_wheel_installs_kernels_inside_namespace(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()
     assert os.path.isdir(os.path.join(site, "deepencoder", "kernels"))
     assert not os.path.exists(os.path.join(site, "kernels"))
+
+
+def test_license_is_an_spdx_string_and_the_build_needs_a_setuptools_that_reads_it():
+    """A table-style ``license`` printed a deprecation banner at every install; the SPDX string needs
+    setuptools >= 77 (older ones reject it), so the build requirement says so."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        cfg = tomllib.load(f)
+    assert cfg["project"]["license"] == "MIT"
+    assert "setuptools>=77" in cfg["build-system"]["requires"]

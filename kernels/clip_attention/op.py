@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._common import BackendUnavailable, kill_switch, record_backend
+from .._common import BackendUnavailable, check_tensors, kill_switch, record_backend
 
 CLIP_ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "torch")
 
@@ -33,7 +33,7 @@ def flash_attn_available() -> bool:
 def _split(qkv: torch.Tensor, num_heads: int):
     B, N, C3 = qkv.shape
     D = C3 // (3 * num_heads)
-    q, k, v = qkv.view(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, D] views
+    q, k, v = qkv.reshape(B, N, 3, num_heads, D).permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, D] views
     return q, k, v
 
 
@@ -55,7 +55,7 @@ def _torch(qkv, num_heads):
 def _flash(qkv, num_heads):
     B, N, C3 = qkv.shape
     D = C3 // (3 * num_heads)
-    return _flash_qkvpacked(qkv.view(B, N, 3, num_heads, D)).reshape(B, N, num_heads * D)
+    return _flash_qkvpacked(qkv.reshape(B, N, 3, num_heads, D).contiguous()).reshape(B, N, num_heads * D)
 
 
 def _guards(qkv: torch.Tensor):
@@ -68,7 +68,10 @@ def _guards(qkv: torch.Tensor):
 
 def clip_attention(qkv: torch.Tensor, num_heads: int, backend: str = "auto") -> torch.Tensor:
     """Bias-free multi-head attention over ``qkv [B, N, 3*H*D]`` (rows ordered [q; k; v], head-major)."""
-    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads):
+    check_tensors("clip_attention", [("qkv", qkv)])
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"clip_attention: num_heads must be a positive int, got {num_heads!r}")
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads) or qkv.shape[-1] == 0:
         raise ValueError(f"clip_attention: qkv must be [B, N, 3*{num_heads}*D], got {list(qkv.shape)}")
     if backend not in CLIP_ATTENTION_BACKENDS:
         raise ValueError(f"clip_attention: unknown backend {backend!r}; choose one of {CLIP_ATTENTION_BACKENDS}")

@@ -16,10 +16,19 @@ from typing import Optional
 
 import torch
 
-from .._common import choose_backend, device_guard
+from .._common import (
+    FLOAT_DTYPES,
+    check_eps,
+    check_kernel_dtype,
+    check_tensors,
+    choose_backend,
+    compressor_grids,
+    device_guard,
+    token_grid,
+)
 from .reference import compressor_ref, conv2d_nhwc_ref, out_size
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = FLOAT_DTYPES  # the Triton kernels; the torch backend also takes float64
 # The LayerNorm2d epilogues hold a whole channel row in one tile (BLOCK_N = next_power_of_2(C1)); past 256
 # channels the 128-row fp32 accumulator no longer fits the register file.
 MAX_LN_CHANNELS = 256
@@ -30,54 +39,50 @@ MAX_LN_CHANNELS = 256
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_w(name, w, cout, cin, k, dtype):
-    ok = w.dim() == 4 and tuple(w.shape[1:]) == (cin, k, k) and (cout is None or w.shape[0] == cout)
+_NAMES = ("x", "neck0_w", "ln1_w", "ln1_b", "neck2_w", "ln2_w", "ln2_b", "net2_w", "net3_w", "out")
+
+
+def _check_w(name, w, cout, cin, k):
+    ok = w.dim() == 4 and tuple(w.shape[1:]) == (cin, k, k) and (cout is None or w.shape[0] == cout) \
+        and w.shape[0] >= 1
     if not ok:
         raise ValueError(f"compressor: {name} must be [{cout if cout is not None else 'Cout'}, {cin}, {k}, {k}], "
                          f"got {list(w.shape)}")
-    if w.dtype != dtype:
-        raise TypeError(f"compressor: {name} dtype {w.dtype} != x dtype {dtype}")
 
 
-def _check_vec(name, t, c, dtype):
+def _check_vec(name, t, c):
     if tuple(t.shape) != (c,):
         raise ValueError(f"compressor: {name} must be [{c}], got {list(t.shape)}")
-    if t.dtype != dtype:
-        raise TypeError(f"compressor: {name} dtype {t.dtype} != x dtype {dtype}")
 
 
-def _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, out):
+def _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, out, eps):
+    """Every argument, whatever the backend (one-line ``TypeError`` / ``ValueError`` naming it): tensors, one
+    device, one floating dtype (that of ``x``), checkpoint shapes, ``out`` shape, ``eps``."""
+    args = (x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, out)
+    check_tensors("compressor", list(zip(_NAMES, args)), same_dtype=_NAMES[1:])
     if x.dim() != 4:
         raise ValueError(f"compressor: x must be [B, G, G, Cin] channels-last, got {list(x.shape)}")
     B, H, W, cin = x.shape
-    if H < 1 or W < 1:
-        raise ValueError(f"compressor: empty grid {H}x{W}")
-    if x.dtype not in _DTYPES:
-        raise TypeError(f"compressor: x dtype {x.dtype} not in {_DTYPES}")
-    dt = x.dtype
+    if H < 1 or W < 1 or cin < 1:
+        raise ValueError(f"compressor: empty input {list(x.shape)} (grid {H}x{W}, {cin} channels)")
     if neck0_w.dim() != 4:
         raise ValueError(f"compressor: neck0_w must be [C1, {cin}, 1, 1], got {list(neck0_w.shape)}")
     c1 = neck0_w.shape[0]
-    _check_w("neck0_w", neck0_w, c1, cin, 1, dt)
-    _check_vec("ln1_w", ln1_w, c1, dt)
-    _check_vec("ln1_b", ln1_b, c1, dt)
-    _check_w("neck2_w", neck2_w, c1, c1, 3, dt)
-    _check_vec("ln2_w", ln2_w, c1, dt)
-    _check_vec("ln2_b", ln2_b, c1, dt)
-    _check_w("net2_w", net2_w, None, c1, 3, dt)
+    _check_w("neck0_w", neck0_w, c1, cin, 1)
+    _check_vec("ln1_w", ln1_w, c1)
+    _check_vec("ln1_b", ln1_b, c1)
+    _check_w("neck2_w", neck2_w, c1, c1, 3)
+    _check_vec("ln2_w", ln2_w, c1)
+    _check_vec("ln2_b", ln2_b, c1)
+    _check_w("net2_w", net2_w, None, c1, 3)
     c3 = net2_w.shape[0]
-    _check_w("net3_w", net3_w, None, c3, 3, dt)
+    _check_w("net3_w", net3_w, None, c3, 3)
     c4 = net3_w.shape[0]
-    gh = out_size(out_size(H, 3, 2, 1), 3, 2, 1)
-    gw = out_size(out_size(W, 3, 2, 1), 3, 2, 1)
-    if out is not None:
-        if tuple(out.shape) != (B, gh * gw, c4):
-            raise ValueError(f"compressor: out must be [{B}, {gh * gw}, {c4}] (B, g*g, C4), got {list(out.shape)}")
-        if out.dtype != dt:
-            raise TypeError(f"compressor: out dtype {out.dtype} != x dtype {dt}")
-        if out.device != x.device:
-            raise ValueError(f"compressor: out on {out.device}, x on {x.device}")
-    return B, H, W, cin, c1, c3, c4, gh, gw
+    gh, gw = compressor_grids(H)[1], compressor_grids(W)[1]
+    if out is not None and tuple(out.shape) != (B, gh * gw, c4):
+        raise ValueError(f"compressor: out must be [{B}, {gh * gw}, {c4}] (B, g*g, C4), got {list(out.shape)}")
+    eps = check_eps("compressor", eps)
+    return B, H, W, cin, c1, c3, c4, gh, gw, eps
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,9 +116,12 @@ def compressor(x: torch.Tensor, neck0_w: torch.Tensor, ln1_w: torch.Tensor, ln1_
     ``G' = floor((G-1)/2)+1``. ``out`` (optional) may be any ``[B, g*g, C4]`` view with last-dim stride 1;
     it is written in place and returned.
     """
-    B, H, W, cin, c1, c3, c4, gh, gw = _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w,
-                                                 net3_w, out)
+    B, H, W, cin, c1, c3, c4, gh, gw, eps = _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w,
+                                                      net3_w, out, eps)
     params = (neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w)
+
+    def g_dtype():
+        return None if x.dtype in _DTYPES else f"dtype {x.dtype} not in {_DTYPES}"
 
     def g_contig():
         if not x.is_contiguous():
@@ -128,7 +136,7 @@ def compressor(x: torch.Tensor, neck0_w: torch.Tensor, ln1_w: torch.Tensor, ln1_
                     "one tile")
         return None
 
-    guards = [lambda: device_guard(x, *params, *(() if out is None else (out,))),
+    guards = [lambda: device_guard(x, *params, *(() if out is None else (out,))), g_dtype,
               lambda: _cuda_cap_guard(x),
               lambda: _channels_guard(Cin=cin, C1=c1, C3=c3, C4=c4),
               g_ln_row, g_contig]
@@ -137,9 +145,16 @@ def compressor(x: torch.Tensor, neck0_w: torch.Tensor, ln1_w: torch.Tensor, ln1_
         return compressor_ref(x, *params, eps=eps, out=out) if out is not None else \
             compressor_ref(x, *params, eps=eps).contiguous()
     if out is None:
-        return _compressor_op(x, *params, float(eps))
-    _compressor_out_op(x, *params, float(eps), out)
+        return _compressor_op(x, *params, eps)
+    _compressor_out_op(x, *params, eps, out)
     return out
+
+
+def _validate_conv(x, w):
+    check_tensors("conv2d_nhwc", [("x", x), ("w", w)], same_dtype=("w",))
+    if x.dim() != 4 or w.dim() != 4 or w.shape[1] != x.shape[-1] or min(w.shape) < 1 or min(x.shape) < 1:
+        raise ValueError(f"conv2d_nhwc: x [B,H,W,Cin] and w [Cout,Cin,KH,KW] expected, got {list(x.shape)} "
+                         f"and {list(w.shape)}")
 
 
 def conv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int = 0,
@@ -150,11 +165,7 @@ def conv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int 
     Backend rules as :func:`compressor` (op name ``conv2d_nhwc``, kill switch
     ``DEEPENCODER_DISABLE_CONV2D_NHWC``).
     """
-    if x.dim() != 4 or w.dim() != 4 or w.shape[1] != x.shape[-1]:
-        raise ValueError(f"conv2d_nhwc: x [B,H,W,Cin] and w [Cout,Cin,KH,KW] expected, got {list(x.shape)} "
-                         f"and {list(w.shape)}")
-    if x.dtype not in _DTYPES or w.dtype != x.dtype:
-        raise TypeError(f"conv2d_nhwc: x dtype {x.dtype} and w dtype {w.dtype} must match, one of {_DTYPES}")
+    _validate_conv(x, w)
     stride, padding = int(stride), int(padding)
     if stride < 1 or padding < 0:
         raise ValueError(f"conv2d_nhwc: stride {stride} must be >= 1 and padding {padding} >= 0")
@@ -166,7 +177,10 @@ def conv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int 
     def g_contig():
         return None if x.is_contiguous() else f"x must be contiguous channels-last (strides {x.stride()})"
 
-    guards = [lambda: device_guard(x, w), lambda: _cuda_cap_guard(x),
+    def g_dtype():
+        return None if x.dtype in _DTYPES else f"dtype {x.dtype} not in {_DTYPES}"
+
+    guards = [lambda: device_guard(x, w), g_dtype, lambda: _cuda_cap_guard(x),
               lambda: _channels_guard(Cin=w.shape[1], Cout=w.shape[0]), g_contig]
     be = choose_backend("conv2d_nhwc", backend, guards)
     if be == "torch":
@@ -181,9 +195,7 @@ def conv2d_nhwc(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int 
 
 def _out_shape(x, net3_w):
     B, H, W, _ = x.shape
-    gh = out_size(out_size(H, 3, 2, 1), 3, 2, 1)
-    gw = out_size(out_size(W, 3, 2, 1), 3, 2, 1)
-    return B, gh * gw, net3_w.shape[0]
+    return B, token_grid(H) * token_grid(W), net3_w.shape[0]
 
 
 @torch.library.custom_op("deepencoder::compressor", mutates_args=())
@@ -192,6 +204,10 @@ def _compressor_op(x: torch.Tensor, neck0_w: torch.Tensor, ln1_w: torch.Tensor, 
                    net3_w: torch.Tensor, eps: float) -> torch.Tensor:
     from .triton import compressor_fwd
 
+    # reachable as torch.ops.deepencoder.compressor too: never launch on unchecked arguments
+    eps = _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, None, eps)[-1]
+    check_kernel_dtype("compressor", "x", x)
+    x = x.contiguous()
     out = torch.empty(_out_shape(x, net3_w), device=x.device, dtype=x.dtype)
     compressor_fwd(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, eps, out)
     return out
@@ -208,6 +224,11 @@ def _compressor_out_op(x: torch.Tensor, neck0_w: torch.Tensor, ln1_w: torch.Tens
                        net3_w: torch.Tensor, eps: float, out: torch.Tensor) -> None:
     from .triton import compressor_fwd
 
+    eps = _validate(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, out, eps)[-1]
+    check_kernel_dtype("compressor", "x", x)
+    if out.stride(-1) != 1:
+        raise ValueError(f"compressor: out's last dim must have stride 1 for the Triton kernel, strides {out.stride()}")
+    x = x.contiguous()
     compressor_fwd(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, eps, out)
 
 
@@ -220,7 +241,9 @@ def _(x, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b, net2_w, net3_w, eps, out)
 def _conv2d_nhwc_op(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     from .triton import conv2d_nhwc_fwd
 
-    return conv2d_nhwc_fwd(x, w, stride, padding)
+    _validate_conv(x, w)
+    check_kernel_dtype("conv2d_nhwc", "x", x)
+    return conv2d_nhwc_fwd(x.contiguous(), w, stride, padding)
 
 
 @_conv2d_nhwc_op.register_fake

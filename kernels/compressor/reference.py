@@ -13,24 +13,8 @@ memory format, so this reference runs in channels-last throughout and gives the 
 LayerNorm2d statistics: upstream computes them in the activation dtype (bf16 mean, bf16 variance).
 ``ln_fp32=True`` computes them in float32 instead (the conv output is still rounded to the activation
 dtype first, as it is in upstream) and rounds the normalised result back; the Triton kernel goes one step
-further and normalises its float32 accumulator without rounding it first.
-
-Measured (random weights scaled 1/sqrt(fan_in), LN affine 1+0.3N / 0.3N, inputs N(0,1); max |error|
-against a float64 run of the same math; Triton under the interpreter with round-to-nearest stores):
-
-=====================================  ========  ======================  ================
-                                       kernel    upstream (LN in dtype)  ref ln_fp32=True
-=====================================  ========  ======================  ================
-neck.0+neck.1 bf16, B2 G8 (|y|<=6.4)   2.76e-2   5.02e-2                 3.36e-2
-neck.0+neck.1 fp16                     3.23e-3   7.97e-3                 4.07e-3
-whole chain bf16, B2 G8 (|y|<=3.3)     1.87e-2   2.70e-2                 2.58e-2
-whole chain bf16, B1 G9 (|y|<=4.0)     1.64e-2   2.95e-2                 2.08e-2
-whole chain fp16, B1 G9                2.35e-3   2.92e-3                 2.81e-3
-=====================================  ========  ======================  ================
-
-So the kernel's float32 statistics cut the LayerNorm stage's bf16 error by ~45% and the chain's by
-~30-45%; ``tests/kernels/test_compressor.py::test_ln_fp32_statistics_beat_upstream_bf16`` asserts
-kernel < upstream there (and the bf16 chain tests assert it end to end).
+further and normalises its float32 accumulator without rounding it first (error table:
+``docs/compressor.md``; ``tests/kernels/test_compressor.py::test_ln_fp32_statistics_beat_upstream_bf16``).
 """
 
 from typing import Optional

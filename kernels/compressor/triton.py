@@ -1,44 +1,15 @@
 """Triton implicit-GEMM convolutions, channels-last, for the 16x compressor (neck + net_2 + net_3).
 
-One kernel, :func:`_conv2d_nhwc_fwd_kernel`, specialised four times (constexprs), launched four times:
+One kernel, :func:`_conv2d_nhwc_fwd_kernel`, launched four times: neck0 (1x1, 768->256, + LayerNorm2d),
+neck2 (3x3 s1 p1, 256->256, + LayerNorm2d), net2 (3x3 s2 p1, 256->512), net3 (3x3 s2 p1, 512->1024,
+stored straight into the caller's ``[B, g*g, 1024]`` token buffer through its strides).
 
-=======  ==========================  ================  =====================================
-stage    convolution                 GEMM (M x K x N)  epilogue
-=======  ==========================  ================  =====================================
-neck0    1x1, 768 -> 256             B*G*G x 768 x 256  LayerNorm2d (neck.1), full row in tile
-neck2    3x3 s1 p1, 256 -> 256       B*G*G x 2304 x 256 LayerNorm2d (neck.3), full row in tile
-net2     3x3 s2 p1, 256 -> 512       B*g1*g1 x 2304 x 512  store
-net3     3x3 s2 p1, 512 -> 1024      B*g*g x 4608 x 1024   store into the token-layout output
-=======  ==========================  ================  =====================================
-
-Implicit GEMM: row ``m`` of the GEMM is one output pixel ``(b, oh, ow)``; column ``n`` one output channel;
-the reduction index ``k = (kh*KW + kw)*CIN + cin`` walks the taps, and inside each tap a block of
-``BLOCK_K`` input channels, which are contiguous in channels-last memory: every A-tile row is one
-coalesced 2*BLOCK_K-byte read at ``x[b, oh*S-P+kh, ow*S-P+kw, c0:c0+BLOCK_K]``, zero outside the image
-(that is the padding). One flat loop over ``KH*KW*ceil(CIN/BLOCK_K)`` steps so Triton's software
-pipeliner sees a single loop.
-
-Weights are pre-packed once (:func:`pack_conv_weight`, cached) from the checkpoint's ``[Cout, Cin, KH,
-KW]`` to ``[KH*KW*Cin, Cout]`` (row ``k`` as above, output channels contiguous): B-tile rows are
-contiguous 2*BLOCK_N-byte reads.
-
-LayerNorm2d fusion: a LayerNorm2d normalises each pixel over its channels, i.e. each GEMM row over all
-of ``N``. With ``BLOCK_N >= COUT`` (256 channels fit in one tile) a program owns whole rows, so mean,
-variance, normalisation and the affine transform run on the float32 accumulator in registers before the
-single store. Statistics are float32 (upstream: activation dtype; see ``reference.py`` and the tests for
-the error numbers).
-
-Intermediates (activation dtype, channels-last contiguous): y1 ``[B,G,G,256]``, y2 ``[B,G,G,256]``,
-y3 ``[B,g1,g1,512]``. The last stage writes straight into the caller's ``[B, g*g, 1024]`` buffer through
-its strides (e.g. the right half of the ``[B, g*g, 2048]`` projector-input concat).
-
-DRAM bytes at S=1024 (G=64), batch 32, bf16 (:func:`stage_cost`): the irreducible minimum is x 201.3 MB
-+ weights 13.4 MB + tokens 16.8 MB = 231.5 MB. The four launches move 567 MB: the minimum plus y1, y2
-(67.1 MB each) and y3 (33.6 MB), each written once and read once (the 3x3 halo re-reads and the
-per-M-tile weight re-reads hit L2). No permutes, no separate LayerNorm passes (upstream's eager
-LayerNorm2d is a chain of elementwise and reduction kernels, each reading and writing the 67 MB map, and
-its token layout needs a flatten/transpose copy before the concat). GEMM FLOPs: 51.5 + 154.6 + 77.3 +
-77.3 = 360.8 GFLOP.
+GEMM row ``m`` = output pixel ``(b, oh, ow)``, column ``n`` = output channel, reduction
+``k = (kh*KW + kw)*CIN + cin``: each A-tile row is one coalesced read of ``BLOCK_K`` channels of one
+input pixel (zero outside the image: the padding). Weights are packed once to ``[KH*KW*CIN, COUT]``.
+Why: with ``BLOCK_N >= COUT`` a program owns whole pixels, so both LayerNorm2d run on the float32
+accumulator in registers before the single store: no permutes, no separate LayerNorm passes, no concat
+copy. Stage table, DRAM bytes, config choices and the compiled register table: ``docs/compressor.md``.
 """
 
 from dataclasses import dataclass
@@ -48,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreter_active
+from .._common import compressor_grids, interpreter_active
 from .reference import out_size
 
 
@@ -245,17 +216,9 @@ STAGES = ("neck0", "neck2", "net2", "net3")
 LN_STAGES = ("neck0", "neck2")
 
 # Explicit config lists. The first entry of each list is the one shipped (what ``auto`` runs); the
-# others are alternates, kept correct too (the tests force every entry). Ahead-of-time numbers on their
-# own arch (Triton 3.9, fp16/bf16, bundled ptxas with Triton's --regAllocOptLevel=2; regs/thread):
-#   sm90 (wgmma): LayerNorm stages 128 x 256 (two 128-column halves) x 64, 8 warps: 224-230 regs, 0 spills,
-#     144 KiB; their 64-row alternates 119-123 regs, 120 KiB. net2/net3 128 x 256 x 64, 8 warps: 208 regs,
-#     144 KiB; 128 x 128 x 64, 4 warps: 230-232 regs, 128 KiB. All spill-free.
-#     8 warps = 2 warpgroups of 64 rows for wgmma; a 128 x 256 fp32 accumulator is 128 regs/thread. With
-#     one 256-wide accumulator the LayerNorm epilogue (weight and bias vectors, 64 regs each) spills
-#     64-104 bytes: hence split_n.
-#   sm80 (mma.sync): LayerNorm stages 128 x 256 x 32, 8 warps: 242-248 regs, 48 KiB (64-row alternates
-#     150-172); net2/net3 128 x 128 x 32, 4 warps, 4 stages: 255 regs, 48 KiB (128 x 256: 240). Spill-free.
-# Smem at BLOCK_K 64: (BM + BN) * BK * 2 bytes per stage; H100 has 227 KiB per block, A100 163 KiB.
+# others are alternates, kept correct too (the tests force every entry). sm90: 8 warps = 2 warpgroups for
+# wgmma; split_n on the LayerNorm stages keeps the epilogue vectors from spilling. Registers, spills and
+# shared memory per arch: docs/compressor.md (generated from bench/results/aot_report*.json).
 CONFIGS: Dict[str, Dict[str, List[ConvConfig]]] = {
     "sm90": {
         "neck0": [ConvConfig(128, None, 64, 8, 3, True), ConvConfig(64, None, 64, 8, 3, True)],
@@ -270,8 +233,7 @@ CONFIGS: Dict[str, Dict[str, List[ConvConfig]]] = {
         "net3": [ConvConfig(128, 128, 32, 4, 4), ConvConfig(128, 256, 32, 8, 3)],
     },
     # float32 activations (a correctness path, any arch): the fp32 "ieee" dot runs on FMA units with its
-    # operands in registers, so the big 16-bit tiles spill by kilobytes; these do not (174-202 regs, 40 KiB,
-    # 0 spills on sm_80 and sm_90).
+    # operands in registers, so the big 16-bit tiles spill by kilobytes; these 64-row tiles do not.
     "fp32": {
         "neck0": [ConvConfig(64, None, 32, 8, 2)],
         "neck2": [ConvConfig(64, None, 32, 8, 2)],
@@ -388,6 +350,8 @@ def conv2d_nhwc_fwd(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int,
         y = torch.empty(B, OH, OW, cout, device=x.device, dtype=x.dtype)
     if config is None:
         config = CONFIGS[config_family(x)]["neck0" if ln is not None else "net2"][0]
+    if ln is not None:
+        ln = (ln[0].contiguous(), ln[1].contiguous())
     return _launch_conv(x, pack_conv_weight(w), kh, kw, stride, padding, y, ln, eps, config)
 
 
@@ -401,13 +365,15 @@ def compressor_fwd(x: torch.Tensor, neck0_w, ln1_w, ln1_b, neck2_w, ln2_w, ln2_b
     c1, c3, c4 = neck0_w.shape[0], net2_w.shape[0], net3_w.shape[0]
     shipped = {s: lst[0] for s, lst in CONFIGS[config_family(x)].items()}
     cfg = {**shipped, **(configs or {})}
-    oh1, ow1 = out_size(H, 3, 2, 1), out_size(W, 3, 2, 1)
-    oh2, ow2 = out_size(oh1, 3, 2, 1), out_size(ow1, 3, 2, 1)
+    (oh1, oh2), (ow1, ow2) = compressor_grids(H), compressor_grids(W)
     y1 = torch.empty(B, H, W, c1, device=x.device, dtype=x.dtype)
     y2 = torch.empty_like(y1)
     y3 = torch.empty(B, oh1, ow1, c3, device=x.device, dtype=x.dtype)
-    _launch_conv(x, pack_conv_weight(neck0_w), 1, 1, 1, 0, y1, (ln1_w, ln1_b), eps, cfg["neck0"])
-    _launch_conv(y1, pack_conv_weight(neck2_w), 3, 3, 1, 1, y2, (ln2_w, ln2_b), eps, cfg["neck2"])
+    # the LayerNorm vectors are read at unit stride
+    ln1 = (ln1_w.contiguous(), ln1_b.contiguous())
+    ln2 = (ln2_w.contiguous(), ln2_b.contiguous())
+    _launch_conv(x, pack_conv_weight(neck0_w), 1, 1, 1, 0, y1, ln1, eps, cfg["neck0"])
+    _launch_conv(y1, pack_conv_weight(neck2_w), 3, 3, 1, 1, y2, ln2, eps, cfg["neck2"])
     _launch_conv(y2, pack_conv_weight(net2_w), 3, 3, 2, 1, y3, None, eps, cfg["net2"])
     # out [B, g*g, C4] seen as [B, g, g, C4]: token t = oh*ow2 + ow
     y4 = out.as_strided((B, oh2, ow2, c4), (out.stride(0), ow2 * out.stride(1), out.stride(1), 1),
@@ -428,8 +394,7 @@ _REAL_STAGES = (("neck0", 1, 1, 0, 768, 256, True), ("neck2", 3, 1, 1, 256, 256,
 def stage_cost(stage: str, S: int = 1024, batch: int = 32, elem: int = 2) -> Tuple[float, float]:
     """(flops, minimum DRAM bytes) of one stage: input read once, packed weights once, output written once."""
     G = S // 16
-    g1 = out_size(G, 3, 2, 1)
-    g2 = out_size(g1, 3, 2, 1)
+    g1, g2 = compressor_grids(G)
     hw_in = {"neck0": G, "neck2": G, "net2": G, "net3": g1}[stage]
     hw_out = {"neck0": G, "neck2": G, "net2": g1, "net3": g2}[stage]
     _, k, _, _, cin, cout, ln = next(r for r in _REAL_STAGES if r[0] == stage)

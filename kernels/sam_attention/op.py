@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
-from .._common import choose_backend, device_guard
+from .._common import check_kernel_dtype, choose_backend, device_guard
 from .reference import sam_attention_ref, validate
 
 OP = "sam_attention"
@@ -49,6 +50,16 @@ def triton_guards(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias):
     return [g_device, g_dtype, g_head_dim, g_contig, g_region, g_int32, g_grad]
 
 
+def _check_scale(scale) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"sam_attention: scale must be a number, got {type(scale).__name__}") from None
+    if not math.isfinite(s):
+        raise ValueError(f"sam_attention: scale must be finite, got {scale!r}")
+    return s
+
+
 def sam_attention(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, num_heads: int,
                   window_size: int, qkv_bias: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                   backend: str = "auto") -> torch.Tensor:
@@ -65,7 +76,7 @@ def sam_attention(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.T
     ``backend``: ``"auto" | "triton" | "torch"``; ``last_backend("sam_attention")`` tells which ran.
     """
     D = validate(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias)
-    scale = float(D ** -0.5) if scale is None else float(scale)
+    scale = float(D ** -0.5) if scale is None else _check_scale(scale)
     guards = triton_guards(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias)
     be = choose_backend(OP, backend, guards)
     if be == "torch":
@@ -78,7 +89,11 @@ def _sam_attention_op(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: tor
                       window_size: int, qkv_bias: Optional[torch.Tensor], scale: float) -> torch.Tensor:
     from .triton import sam_attention_fwd
 
-    return sam_attention_fwd(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias, scale)
+    # reachable as torch.ops.deepencoder.sam_attention too: never launch on unchecked arguments
+    validate(qkv, rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias)
+    check_kernel_dtype(OP, "qkv", qkv)
+    return sam_attention_fwd(qkv.contiguous(), rel_pos_h, rel_pos_w, num_heads, window_size, qkv_bias,
+                             _check_scale(scale))
 
 
 @_sam_attention_op.register_fake

@@ -18,12 +18,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._common import check_tensors
+
 _CHUNK_BYTES = 64 << 20  # budget for one chunk of the materialised bias
 
 
 def validate(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, num_heads: int,
              window_size: int, qkv_bias: Optional[torch.Tensor]) -> int:
-    """Check shapes and dtypes (both backends); return the head dim ``D``. Raises ``ValueError``."""
+    """Check every argument (both backends); return the head dim ``D``.
+
+    One-line ``TypeError`` (not a tensor, integer/complex dtype, tables not in qkv's dtype) or ``ValueError``
+    (device, shape) naming the argument. ``qkv_bias`` may be any floating dtype (cast to qkv's).
+    """
+    check_tensors("sam_attention", [("qkv", qkv), ("rel_pos_h", rel_pos_h), ("rel_pos_w", rel_pos_w),
+                                    ("qkv_bias", qkv_bias)], same_dtype=("rel_pos_h", "rel_pos_w"))
     if qkv.dim() != 4:
         raise ValueError(f"sam_attention: qkv must be [B, H, W, 3*heads*D], got {list(qkv.shape)}")
     if not isinstance(num_heads, int) or num_heads <= 0:
@@ -40,10 +48,6 @@ def validate(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor
             what = f"window_size={window_size}" if window_size > 0 else f"the {H}x{W} grid (global)"
             raise ValueError(f"sam_attention: {name} must be [2*{L}-1, D] = [{2 * L - 1}, {D}] for {what} "
                              f"(resize it with deepencoder.reference.resize_rel_pos), got {list(t.shape)}")
-        if t.dtype != qkv.dtype:
-            raise ValueError(f"sam_attention: {name} dtype {t.dtype} != qkv dtype {qkv.dtype}")
-        if t.device != qkv.device:
-            raise ValueError(f"sam_attention: {name} is on {t.device}, qkv on {qkv.device}")
     if window_size > 0 and (H % window_size or W % window_size):
         if qkv_bias is None:
             raise ValueError(f"sam_attention: window_size={window_size} pads the {H}x{W} grid; the padded tokens "
@@ -51,8 +55,6 @@ def validate(qkv: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor
     if qkv_bias is not None:
         if qkv_bias.shape != (C3,):
             raise ValueError(f"sam_attention: qkv_bias must be [{C3}], got {list(qkv_bias.shape)}")
-        if qkv_bias.device != qkv.device:
-            raise ValueError(f"sam_attention: qkv_bias is on {qkv_bias.device}, qkv on {qkv.device}")
     return D
 
 

@@ -1,58 +1,14 @@
 """Fused SAM attention with the decomposed relative-position bias computed in-kernel (Triton).
 
-One kernel serves both SAM attention kinds (``../../shared/SPEC.md``, "SAM attention, exactly"):
+``qkv [B, H, W, 3*heads*D]`` (the qkv projection of the unpartitioned map) -> ``out [B, H, W, heads*D]``,
+per ``ws x ws`` window (padded tokens = the qkv bias) or over the whole grid (global):
+``out = softmax(q k^T * scale + q.Rh[i - kh + Lh - 1] + q.Rw[j - kw + Lw - 1]) v``.
 
-* **global** blocks: the attention *region* is the whole ``H x W`` grid, ``Lh = H``, ``Lw = W``;
-* **window** blocks: the region is one ``ws x ws`` window of the grid zero-padded (after norm1) to a
-  multiple of ``ws``, ``Lh = Lw = ws``. Region positions past the grid edge are padded tokens: their
-  k and v are the qkv bias (``Linear(0) = bias``), loaded from ``BIAS`` instead of memory, and real
-  queries attend to them unmasked, as upstream does. Padded queries are computed and not stored.
-
-Per program: one block of ``BLOCK_M`` consecutive (row-major) queries of one region of one
-(batch, head). q, k, v are read straight out of the qkv projection ``[B, H, W, 3*heads*D]``; the
-output is written head-major into ``[B, H, W, heads*D]``. Nothing of size ``N x N``, no padded or
-partitioned copy, no ``[B, heads, N, L]`` rel-pos tensor ever exists in memory.
-
-Key tiles follow the grid: a tile is ``BLOCK_N`` columns ``[kw0, kw0+BLOCK_N)`` of ONE key row ``kh``
-(``kw >= Lw`` masked). The loop is ``for column chunk: for kh in range(Lh)``. That makes the bias split
-into two cheap pieces, with ``s(m, (kh,kw)) = q.k*scale + bh[m, kh] + bw[m, kw]``:
-
-* ``bw[m, kw] = q_m . Rw[j_m - kw + Lw - 1]`` does not depend on ``kh``: it is computed once per
-  column chunk as ``tl.dot(q, Rw_window^T)`` over ``RW_WIN = next_pow2(Lw+BLOCK_N-1)`` table rows
-  (in pieces of ``RW_PIECE <= 64`` rows) and the Toeplitz skew ``tl.gather(P, j_m - kw + ..., axis=1)``
-  (warp shuffles on sm_80/sm_90); it stays in registers as an additive tile with ``-inf`` on the
-  masked columns, so the loop needs no column mask. The chunk loop is unrolled (``N_CHUNKS``
-  constexpr) and the shipped configs give one chunk for every real grid (G = 32, 40, 64, 80):
-  a second chunk keeps the accumulator live across the gather and spills.
-* ``bh[m, kh] = q_m . Rh[i_m - kh + Lh - 1]`` is one value per query row per key tile. A block of
-  ``BLOCK_M`` consecutive queries spans at most ``QSPAN = (BLOCK_M-1)//Lw + 2`` grid rows, so all
-  the ``Rh`` rows it needs at step ``kh`` are the ``RH_WIN >= QSPAN`` consecutive rows
-  ``Rh[i_lo - kh + Lh - 1 + t]``: one small ``tl.dot(q, Rh_window^T)`` (``[BLOCK_M, RH_WIN=16]``) and
-  a 16-wide select-sum pick ``bh``. ``bh`` is constant along the tile, so it folds into the
-  online-softmax row offset: ``m_new = max(m, rowmax(u) + bh)``, ``p = exp2(u - (m_new - bh))``,
-  which costs no per-element work at all.
-
-Why this and not the alternatives (numbers for global G=64, D=64, ``BLOCK_M=128, BLOCK_N=64``, per
-key tile of 128x64 scores):
-
-* QK^T and PV: 2 x 2*128*64*64 = 2.10 MFLOP on tensor cores, 8192 exp2 (the MUFU floor on H100
-  equals the MMA time at D=64: 16 exp/clk/SM vs ~4096 flop/clk/SM).
-* this kernel's rel-pos work: the ``Rh`` dot 2*128*64*16 = 0.26 MFLOP (+12.5 % tensor work), a
-  128x16 select-sum (+1/4 op per score) and a 2 KiB ``Rh`` load from L1/L2; ``bw`` costs one
-  2.1-MFLOP dot + gather per program (+1.4 % over its 64 key tiles). No extra DRAM traffic.
-* SAM-fast style precomputed ``rel_h, rel_w [B, heads, N, Lh+Lw]`` in fp32: 192 MiB written and
-  read back per global block at S=1024, batch 8 (the kernel's own minimum traffic is 192 MiB:
-  q, k, v in, out back, bf16), plus a separate einsum launch.
-* one-hot MMA of precomputed ``[BLOCK_M, Lh+Lw]`` tables against indicator matrices: +2x the QK^T
-  tensor work (K = 128 instead of 64).
-* upstream (materialised bias): 384 MiB bf16 per image per global block read by SDPA.
-
-Rounding: ``bh``/``bw`` are fp32 from fp32-accumulated dots of the input-dtype q and tables (upstream
-rounds ``rel_h``, ``rel_w`` and their sum to the activation dtype); softmax in fp32; ``p`` is rounded to
-the input dtype for the PV dot, as every flash kernel does. For float32 inputs every dot is IEEE fp32:
-that is the accuracy path, not a fast one (FMA dots; ptxas spills several KiB per thread on sm_80/90).
-Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot`` multiplies raw bits (Triton issue 11584), so
-``DOT_F32`` casts the operands to fp32 there (bf16 products are exact in fp32: same values).
+Why: upstream materialises the ``[B, heads, N, N]`` bias (384 MiB bf16 per image per global block at
+S=1024); here key tiles follow the grid (``BLOCK_N`` columns of one key row), so the bias splits into a
+per-column tile ``bw`` (:func:`_rel_w_tile`, once per column chunk) and a per-row value ``bh``
+(:func:`_rel_h_row`, folded into the online-softmax offset): no extra DRAM traffic. Design, alternatives,
+rounding and the compiled register table: ``docs/sam_attention.md``.
 """
 
 from __future__ import annotations
@@ -63,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreter_active
+from .._common import interpreter_active, triton_version
 
 
 class SamAttnConfig(NamedTuple):
@@ -73,15 +29,23 @@ class SamAttnConfig(NamedTuple):
     num_stages: int
 
 
-# Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config.
-# AOT (Triton 3.9, bf16/fp16 alike, at the aot_specs() shapes), registers/thread (spill bytes):
-#   window M64-N16-w4: sm_90 128 (0), sm_80 168 (0)   window M128-N16-w8: sm_90 125 (0), sm_80 136 (0)
-#   global M128-N64-w8: sm_90 165 (0), sm_80 184 (0)  global M64-N64-w4:  sm_90 168 (0), sm_80 189 (0)
-#   global M64-N128-w8: sm_90 237 (0), sm_80 255 (16: never picked there)
-#   global M32-N128-w4: sm_80 255 (0), sm_90 255 (84: never picked there)
+# Every entry is run in its mode by tests/kernels/test_sam_attention.py::test_every_config. Registers and
+# spills per arch (ahead-of-time compile): docs/sam_attention.md, generated from bench/results/aot_report*.json.
 # configs that run on one architecture family only (major capability >= 9, or < 9)
-HOPPER_ONLY = {SamAttnConfig(64, 128, 8, 2)}
 AMPERE_ONLY = {SamAttnConfig(32, 128, 4, 2)}
+
+
+def hopper_only(version) -> set:
+    """Configs not run on sm_80 under Triton ``version`` (major, minor). Triton 3.6 (the GPU machine's)
+    compiles the 128-row 8-warp configs for sm_80 with 16 bytes of spills, 3.7-3.9 without
+    (bench/results/aot_report-triton3.6.md): under Triton < 3.7 they run on sm_90 only."""
+    only = {SamAttnConfig(64, 128, 8, 2)}
+    if tuple(version) < (3, 7):
+        only |= {SamAttnConfig(128, 16, 8, 3), SamAttnConfig(128, 64, 8, 2)}
+    return only
+
+
+HOPPER_ONLY = hopper_only(triton_version())
 
 CONFIGS = {
     "global": (
@@ -111,6 +75,54 @@ MAX_REGION_SIDE = 128  # RW_WIN / RH_WIN register tiles grow with the side; S=12
 
 
 @triton.jit
+def _rel_w_tile(q, RELW, qj, kw0, offs_d, REG_W, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, RW_WIN: tl.constexpr, RW_PIECE: tl.constexpr, DOT_F32: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    """``bw[m, n] = q_m . Rw[qj_m - (kw0 + n) + Lw - 1] * log2(e)`` for the key columns ``kw0 + n``; ``-inf``
+    on columns ``>= Lw``, so the key loop needs no column mask. ``[BLOCK_M, BLOCK_N]`` fp32.
+
+    One dot with the ``RW_WIN`` table rows starting at ``Lw - kw0 - BLOCK_N``, then the Toeplitz skew as a
+    gather along the row, in ``RW_PIECE``-wide pieces (a narrower gather source holds fewer registers).
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    kn = tl.arange(0, BLOCK_N)
+    gidx = qj[:, None] - kn[None, :] + (BLOCK_N - 1)  # in [0, Lw + BLOCK_N - 2]
+    offs_p = tl.arange(0, RW_PIECE)
+    bw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for piece in tl.static_range(0, RW_WIN // RW_PIECE):
+        rw_row = REG_W - kw0 - BLOCK_N + piece * RW_PIECE + offs_p
+        rw_ok = (rw_row >= 0) & (rw_row < 2 * REG_W - 1)
+        rwt = tl.load(RELW + rw_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rw_ok[None, :], other=0.0)
+        if DOT_F32:
+            rwt = rwt.to(tl.float32)
+        pw = tl.dot(q, rwt, input_precision=DOT_PREC)  # [BLOCK_M, RW_PIECE]
+        pidx = gidx - piece * RW_PIECE
+        g = tl.gather(pw, tl.minimum(tl.maximum(pidx, 0), RW_PIECE - 1), axis=1)
+        bw = tl.where((pidx >= 0) & (pidx < RW_PIECE), g, bw)
+    return tl.where((kw0 + kn < REG_W)[None, :], bw * LOG2E, float("-inf"))
+
+
+@triton.jit
+def _rel_h_row(q, RELH, kh, i_lo, row_in_win, offs_d, REG_H, HEAD_DIM: tl.constexpr, RH_WIN: tl.constexpr,
+               DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """``bh[m] = q_m . Rh[qi_m - kh + Lh - 1] * log2(e)`` for key row ``kh``: ``[BLOCK_M]`` fp32.
+
+    The block's queries span rows ``i_lo .. i_lo + RH_WIN - 1`` of the region, so the table rows they need
+    are the ``RH_WIN`` consecutive rows from ``i_lo - kh + Lh - 1``: one small dot, then each query picks
+    its column ``row_in_win = qi - i_lo`` (a select-sum).
+    """
+    LOG2E: tl.constexpr = 1.4426950408889634
+    offs_th = tl.arange(0, RH_WIN)
+    rh_row = i_lo - kh + REG_H - 1 + offs_th
+    rh_ok = (rh_row >= 0) & (rh_row < 2 * REG_H - 1)
+    rht = tl.load(RELH + rh_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rh_ok[None, :], other=0.0)
+    if DOT_F32:
+        rht = rht.to(tl.float32)
+    pk = tl.dot(q, rht, input_precision=DOT_PREC)  # [BLOCK_M, RH_WIN]
+    return tl.sum(tl.where(offs_th[None, :] == row_in_win[:, None], pk, 0.0), axis=1) * LOG2E
+
+
+@triton.jit
 def _sam_attention_fwd_kernel(
     QKV, RELH, RELW, BIAS, OUT,
     H, W,  # the image grid (rows, cols) of qkv and out
@@ -122,9 +134,9 @@ def _sam_attention_fwd_kernel(
     RW_WIN: tl.constexpr, RW_PIECE: tl.constexpr, RH_WIN: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr, N_CHUNKS: tl.constexpr,
 ):
+    """One block of ``BLOCK_M`` consecutive queries of one region of one (batch, head); see the module doc."""
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and HEAD_DIM >= 16, "tl.dot needs tiles of 16+")
     tl.static_assert(RH_WIN >= 16 and RW_WIN >= BLOCK_N, "rel-pos windows too narrow")
-    LOG2E: tl.constexpr = 1.4426950408889634
     C: tl.constexpr = NUM_HEADS * HEAD_DIM
     C3: tl.constexpr = 3 * C
 
@@ -152,37 +164,20 @@ def _sam_attention_fwd_kernel(
         kb = tl.load(BIAS + C + hd * HEAD_DIM + offs_d)
         vb = tl.load(BIAS + 2 * C + hd * HEAD_DIM + offs_d)
 
-    i_lo = (pid_m * BLOCK_M) // REG_W
-    offs_th = tl.arange(0, RH_WIN)
+    i_lo = (pid_m * BLOCK_M) // REG_W  # first region row of this query block
     row_in_win = qi - i_lo  # < RH_WIN by construction of RH_WIN
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    # unrolled: a runtime chunk loop keeps acc live across the gather below and spills (ptxas)
+    # unrolled: a runtime chunk loop keeps acc live across the bw gather and spills (ptxas)
     for ch in tl.static_range(0, N_CHUNKS):
         kw0 = ch * BLOCK_N
         kn = tl.arange(0, BLOCK_N)
         kw = kw0 + kn
-        # bw[m, kw] = q_m . Rw[qj - kw + Lw - 1]: dot with the RW_WIN table rows starting at
-        # Lw - kw0 - BLOCK_N, then the Toeplitz skew as a gather along the row. Two half-width
-        # pieces keep the gather source at [BLOCK_M, RW_WIN/2] (184 instead of 255+ registers, sm_80).
-        gidx = qj[:, None] - kn[None, :] + (BLOCK_N - 1)  # in [0, Lw + BLOCK_N - 2]
-        offs_p = tl.arange(0, RW_PIECE)
-        bw = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for piece in tl.static_range(0, RW_WIN // RW_PIECE):
-            rw_row = REG_W - kw0 - BLOCK_N + piece * RW_PIECE + offs_p
-            rw_ok = (rw_row >= 0) & (rw_row < 2 * REG_W - 1)
-            rwt = tl.load(RELW + rw_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rw_ok[None, :], other=0.0)
-            if DOT_F32:
-                rwt = rwt.to(tl.float32)
-            pw = tl.dot(q, rwt, input_precision=DOT_PREC)  # [BLOCK_M, RW_PIECE]
-            pidx = gidx - piece * RW_PIECE
-            g = tl.gather(pw, tl.minimum(tl.maximum(pidx, 0), RW_PIECE - 1), axis=1)
-            bw = tl.where((pidx >= 0) & (pidx < RW_PIECE), g, bw)
-        bw = tl.where((kw < REG_W)[None, :], bw * LOG2E, float("-inf"))
-
+        bw = _rel_w_tile(q, RELW, qj, kw0, offs_d, REG_W, HEAD_DIM, BLOCK_M, BLOCK_N, RW_WIN, RW_PIECE, DOT_F32,
+                         DOT_PREC)
         k_col_ok = (kw < REG_W) & (c0 + kw < W)
         for kh in range(0, REG_H):
             k_ok = k_col_ok & (kn * 0 + (r0 + kh) < H)  # (a tensor: a scalar bool breaks the interpreter's mask)
@@ -193,15 +188,7 @@ def _sam_attention_fwd_kernel(
             if DOT_F32:
                 k = k.to(tl.float32)
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_M, BLOCK_N]
-
-            # bh[m] = q_m . Rh[qi - kh + Lh - 1] = Pk[m, qi - i_lo]
-            rh_row = i_lo - kh + REG_H - 1 + offs_th
-            rh_ok = (rh_row >= 0) & (rh_row < 2 * REG_H - 1)
-            rht = tl.load(RELH + rh_row[None, :] * HEAD_DIM + offs_d[:, None], mask=rh_ok[None, :], other=0.0)
-            if DOT_F32:
-                rht = rht.to(tl.float32)
-            pk = tl.dot(q, rht, input_precision=DOT_PREC)  # [BLOCK_M, RH_WIN]
-            bh = tl.sum(tl.where(offs_th[None, :] == row_in_win[:, None], pk, 0.0), axis=1) * LOG2E
+            bh = _rel_h_row(q, RELH, kh, i_lo, row_in_win, offs_d, REG_H, HEAD_DIM, RH_WIN, DOT_F32, DOT_PREC)
 
             # online softmax in base 2; bh is constant along the tile: fold it into the row offset
             u = qk * scale_log2e + bw

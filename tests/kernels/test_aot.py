@@ -1,7 +1,8 @@
 """Ahead-of-time compile of every kernel config for sm_90 and sm_80, on the CPU (no GPU, no driver).
 
 For each op's ``aot_specs()``: every spec compiles (Triton -> PTX -> the bundled ptxas), uses no spill
-memory, and its fp16/bf16 matrix work lands on tensor cores (``wgmma`` or ``mma`` in the PTX). An op with
+memory, and, for the ops with matrix work (``MMA_OPS``), its fp16/bf16 specs land on tensor cores
+(``wgmma`` or ``mma`` in the PTX); ``add_layernorm`` is a row reduction with no matrix product. An op with
 no specs FAILS: a missing ``aot_specs()`` must not pass silently. Specs tuned for one arch (``-sm90-`` in
 the name, or an ``arch`` / ``archs`` key) compile for that arch; the rest for both (kernels/_aot.py).
 
@@ -12,7 +13,8 @@ interpreter tests), two at a time; Triton's cache makes reruns fast. Cold: ~1-2 
 import pytest
 from deepencoder.kernels._aot import compile_op_specs, spec_archs
 
-OPS = ["sam_attention", "compressor"]
+OPS = ["sam_attention", "compressor", "add_layernorm"]
+MMA_OPS = ("sam_attention", "compressor")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -32,9 +34,16 @@ def test_aot_compiles_for_sm90_and_sm80_without_spills_on_tensor_cores(op):
         if r.get("spills"):
             problems.append(f"{tag}: {r['spills']} bytes of spills ({r['spill_stores']} st + {r['spill_loads']} ld), "
                             f"{r['registers']} registers")
-        if r.get("dtype") in ("fp16", "bf16") and r.get("mma") not in ("wgmma", "mma"):
+        if op in MMA_OPS and r.get("dtype") in ("fp16", "bf16") and r.get("mma") not in ("wgmma", "mma"):
             problems.append(f"{tag}: no mma / wgmma in the PTX (mma={r.get('mma')})")
     assert not problems, f"{op}: {len(problems)} problem(s):\n" + "\n".join(problems)
+
+
+def test_every_op_with_a_kernel_is_compiled_here_and_in_the_report():
+    from bench.aot import MMA_OPS as REPORT_MMA_OPS
+    from bench.aot import OPS as REPORT_OPS
+
+    assert set(OPS) <= set(REPORT_OPS) and set(MMA_OPS) <= set(REPORT_MMA_OPS)
 
 
 def test_spec_archs_rules():

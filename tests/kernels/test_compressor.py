@@ -4,6 +4,7 @@ Interpreter budget: real channel counts (768/256/512/1024) only at tiny grids; t
 uses reduced channel counts with the same structure.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from deepencoder.kernels import BackendUnavailable, last_backend, last_backend_reason
+from deepencoder.kernels._common import compressor_grids, token_grid
 from deepencoder.kernels.compressor import (
     compressor,
     compressor_ref,
@@ -81,7 +83,7 @@ def rand_x(B, H, W, cin, seed):
 
 
 def grid_out(H, W):
-    return out_size(out_size(H, 3, 2, 1), 3, 2, 1), out_size(out_size(W, 3, 2, 1), 3, 2, 1)
+    return token_grid(H), token_grid(W)
 
 
 def run_triton(x, p, out_mode, c4):
@@ -160,7 +162,7 @@ REAL_CASES = [(1, 9, "fp32", "new"), (2, 8, "bf16", "view"), (1, 5, "fp16", "vie
 @pytest.mark.parametrize("B,G,dt,out_mode", REAL_CASES, ids=[f"B{b}-G{g}-{d}-{o}" for b, g, d, o in REAL_CASES])
 def test_compressor_real_channels_vs_upstream(B, G, dt, out_mode):
     y, ref_lp, ref64 = check_chain(REAL, B, G, G, dt, out_mode, seed=B * 100 + G)
-    g = out_size(out_size(G, 3, 2, 1), 3, 2, 1)
+    g = token_grid(G)
     assert y.shape == (B, g * g, 1024)
     if dt == "bf16":  # fp32 LayerNorm statistics: strictly closer to the fp32 truth than upstream's bf16
         assert max_err(y, ref64) < max_err(ref_lp, ref64)
@@ -184,7 +186,9 @@ def test_compressor_small_channels_vs_upstream(B, H, W, dt, out_mode):
 
 @pytest.mark.parametrize("G,g", [(64, 16), (40, 10), (80, 20), (32, 8), (9, 3), (5, 2), (1, 1), (2, 1)])
 def test_output_grid_follows_pytorch(G, g):
-    assert out_size(out_size(G, 3, 2, 1), 3, 2, 1) == g
+    """kernels._common.token_grid (the one place g = ceil(G/4) is computed) against F.conv2d's own sizes."""
+    assert token_grid(G) == g == math.ceil(G / 4)
+    assert compressor_grids(G) == (out_size(G, 3, 2, 1), g)
     x = torch.empty(1, 1, G, G)
     y = F.conv2d(F.conv2d(x, torch.empty(1, 1, 3, 3), stride=2, padding=1), torch.empty(1, 1, 3, 3), stride=2,
                  padding=1)
@@ -365,7 +369,7 @@ def test_malformed_calls_raise_clear_errors():
         compressor(x, *p, out=torch.empty(1, 4, 64, device=DEVICE))
     with pytest.raises(TypeError, match="out dtype"):
         compressor(x, *p, out=torch.empty(1, 1, 64, device=DEVICE, dtype=torch.float16))
-    with pytest.raises(ValueError, match="out on"):
+    with pytest.raises(ValueError, match="out on meta"):
         compressor(x, *p, out=torch.empty(1, 1, 64, device="meta"))
     bad = list(p)
     bad[3] = bad[3][:, :16]
@@ -384,6 +388,60 @@ def test_malformed_calls_raise_clear_errors():
                     backend="triton")
     with pytest.raises(ValueError, match="conv2d_nhwc"):
         conv2d_nhwc(x, torch.randn(16, 8, 3, 3, device=DEVICE))
+
+
+PARAM_NAMES = ("neck0_w", "ln1_w", "ln1_b", "neck2_w", "ln2_w", "ln2_b", "net2_w", "net3_w")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+@pytest.mark.parametrize("i", range(len(PARAM_NAMES)), ids=PARAM_NAMES)
+def test_every_weight_is_checked_for_device_and_dtype_on_every_backend(i, backend):
+    """One weight on ``meta`` returned uninitialised memory, an integer one computed garbage: both now
+    raise before any backend runs, naming the weight."""
+    x, p = _small_inputs()
+    bad = list(p)
+    bad[i] = p[i].to("meta")
+    with pytest.raises(ValueError, match=f"compressor: {PARAM_NAMES[i]} on meta but x on"):
+        compressor(x, *bad, backend=backend)
+    bad[i] = p[i].round().int()
+    with pytest.raises(TypeError, match=f"compressor: {PARAM_NAMES[i]} has dtype int32"):
+        compressor(x, *bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+def test_input_out_and_eps_are_checked_on_every_backend(backend):
+    x, p = _small_inputs()
+    with pytest.raises(TypeError, match="x has dtype int64"):
+        compressor(x.long(), *p, backend=backend)
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        compressor(x, *p, out=[0.0] * 64, backend=backend)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        compressor(x, *p, eps=float("nan"), backend=backend)
+    with pytest.raises(ValueError, match="w on meta but x on"):
+        conv2d_nhwc(x, torch.randn(16, 32, 3, 3, device="meta"), 1, 1, backend=backend)
+    with pytest.raises(TypeError, match="conv2d_nhwc: x has dtype int32"):
+        conv2d_nhwc(x.int(), torch.randn(16, 32, 3, 3, device=DEVICE), 1, 1, backend=backend)
+
+
+def test_direct_custom_op_calls_are_checked():
+    x, p = _small_inputs()
+    bad = list(p)
+    bad[4] = p[4].long()
+    with pytest.raises(TypeError, match="ln2_w has dtype int64"):
+        torch.ops.deepencoder.compressor(x, *bad, 1e-6)
+    with pytest.raises(TypeError, match="Triton kernel takes x in float32, float16 or bfloat16, got float64"):
+        torch.ops.deepencoder.compressor(x.double(), *(t.double() for t in p), 1e-6)
+    with pytest.raises(ValueError, match="out must be"):
+        torch.ops.deepencoder.compressor_out(x, *p, 1e-6, torch.empty(1, 2, 64, device=DEVICE))
+
+
+def test_float64_runs_on_the_torch_backend_only():
+    x, p = _small_inputs(dtype=torch.float64)
+    y = compressor(x, *p)
+    assert last_backend("compressor") == "torch" and "float64" in last_backend_reason("compressor")
+    torch.testing.assert_close(y, compressor_ref(x, *p).contiguous(), rtol=0, atol=0)
+    with pytest.raises(BackendUnavailable, match="dtype torch.float64"):
+        compressor(x, *p, backend="triton")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -280,8 +280,8 @@ def test_kill_switch(monkeypatch):
 
 def test_guards_name_the_problem():
     qkv, rh, rw, bias = rand_qkv(1, 16, 16, 1, 16, 14, dtype=torch.float32, seed=1)
-    with pytest.raises(BackendUnavailable, match="dtype torch.int32"):
-        sam_attention(qkv.int(), rh.int(), rw.int(), 1, 14, bias.int(), backend="triton")
+    with pytest.raises(BackendUnavailable, match="dtype torch.float64"):  # the torch backend's oracle dtype
+        sam_attention(qkv.double(), rh.double(), rw.double(), 1, 14, bias.double(), backend="triton")
     q48, rh48, rw48, b48 = rand_qkv(1, 4, 4, 1, 48, 0, dtype=torch.float32, seed=1)
     with pytest.raises(BackendUnavailable, match="head dim 48"):
         sam_attention(q48, rh48, rw48, 1, 0, backend="triton")
@@ -313,13 +313,48 @@ def test_validation_errors():
         sam_attention(qkv, torch.randn(31, 16), rw, 1, 0)
     with pytest.raises(ValueError, match="not 3\\*num_heads\\*D"):
         sam_attention(qkv, rh, rw, 5, 14, bias)
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(TypeError, match="rel_pos_h dtype float64 != qkv dtype float32"):
         sam_attention(qkv, rh.double(), rw, 1, 14, bias)
     with pytest.raises(ValueError, match="qkv must be"):
         sam_attention(qkv[0], rh, rw, 1, 14, bias)
     # no padding (28 = 2 x 14): no bias needed
     q28, rh28, rw28, _ = rand_qkv(1, 28, 14, 1, 16, 14, dtype=torch.float32)
     sam_attention(q28, rh28, rw28, 1, 14, backend="torch")
+
+
+BAD_ARGS = [
+    # (id, argument index -> replacement, error type, message)
+    ("qkv-int", lambda a: a.__setitem__(0, a[0].int()), TypeError, "qkv has dtype int32"),
+    ("all-int", lambda a: a.__setitem__(slice(0, 3), [t.long() for t in a[:3]]), TypeError, "qkv has dtype int64"),
+    ("rel_pos_h-meta", lambda a: a.__setitem__(1, a[1].to("meta")), ValueError, "rel_pos_h on meta but qkv on"),
+    ("rel_pos_w-int", lambda a: a.__setitem__(2, a[2].int()), TypeError, "rel_pos_w has dtype int32"),
+    ("qkv_bias-meta", lambda a: a.__setitem__(3, a[3].to("meta")), ValueError, "qkv_bias on meta"),
+    ("qkv_bias-int", lambda a: a.__setitem__(3, a[3].int()), TypeError, "qkv_bias has dtype int32"),
+    ("qkv_bias-list", lambda a: a.__setitem__(3, a[3].tolist()), TypeError, "qkv_bias must be a torch.Tensor"),
+    ("qkv-complex", lambda a: a.__setitem__(0, a[0].to(torch.complex64)), TypeError, "qkv has dtype complex64"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "triton"])
+@pytest.mark.parametrize("case,mutate,exc,match", BAD_ARGS, ids=[c[0] for c in BAD_ARGS])
+def test_every_tensor_argument_is_checked_on_every_backend(case, mutate, exc, match, backend):
+    """Device, dtype and type of each tensor, before any backend runs (the torch one too)."""
+    args = rand_qkv(1, 16, 16, 1, 16, 14, dtype=torch.float32, seed=5)
+    mutate(args)
+    qkv, rh, rw, bias = args
+    with pytest.raises(exc, match=match):
+        sam_attention(qkv, rh, rw, 1, 14, qkv_bias=bias, backend=backend)
+
+
+def test_scale_and_direct_custom_op_calls_are_checked():
+    qkv, rh, rw, bias = rand_qkv(1, 4, 4, 1, 16, 0, dtype=torch.float32, seed=6)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        sam_attention(qkv, rh, rw, 1, 0, scale=float("nan"), backend="torch")
+    # torch.ops.deepencoder.sam_attention is public too: it checks before launching
+    with pytest.raises(TypeError, match="rel_pos_w has dtype int32"):
+        torch.ops.deepencoder.sam_attention(qkv, rh, rw.int(), 1, 0, None, 0.25)
+    with pytest.raises(TypeError, match="Triton kernel takes qkv in float32, float16 or bfloat16, got float64"):
+        torch.ops.deepencoder.sam_attention(qkv.double(), rh.double(), rw.double(), 1, 0, None, 0.25)
 
 
 def test_pick_config_for_real_shapes():
@@ -331,6 +366,21 @@ def test_pick_config_for_real_shapes():
     for G in (32, 40, 64, 80):
         c = pick(0, G, G, 8, 12)
         assert c in tri.CONFIGS["global"] and tri.derived_constexprs(c, G)["N_CHUNKS"] == 1
+
+
+def test_triton36_keeps_the_sm80_spilling_configs_off_ampere(monkeypatch):
+    """Triton 3.6 spills 16 B on sm_80 in the 128-row 8-warp configs (3.7-3.9 do not; the AOT reports):
+    under it those run on Hopper only, and Ampere picks spill-free ones for every real shape."""
+    M128W, M128G, M64G128 = tri.SamAttnConfig(128, 16, 8, 3), tri.SamAttnConfig(128, 64, 8, 2), \
+        tri.SamAttnConfig(64, 128, 8, 2)
+    assert tri.hopper_only((3, 9)) == tri.hopper_only((3, 7)) == {M64G128}
+    assert tri.hopper_only((3, 6)) == {M64G128, M128W, M128G}
+    monkeypatch.setattr(tri, "_excluded_here", lambda: tri.hopper_only((3, 6)))  # an A100 under Triton 3.6
+    assert tri.pick_config(14, 64, 64, 8, 12) == tri.SamAttnConfig(64, 16, 4, 3)
+    assert tri.pick_config(0, 64, 64, 8, 12) == tri.SamAttnConfig(64, 64, 4, 2)
+    assert tri.pick_config(0, 80, 80, 8, 12) == tri.SamAttnConfig(32, 128, 4, 2)
+    for G in (32, 40, 64, 80):
+        assert tri.pick_config(0, G, G, 8, 12) not in tri.hopper_only((3, 6))
 
 
 def test_aot_specs_cover_every_config_and_argument():

@@ -18,7 +18,7 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from . import limits
-from .modes import DEFAULT_MAX_TILES, MODES, TILE_GRID, get_mode
+from .modes import DEFAULT_MODE, FAMILY_MODES, get_mode
 from .progress import Progress
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -147,7 +147,7 @@ def check_image_header(path: str):
 
 
 def format_table(rows: List[dict]) -> str:
-    cols = ["input", "mode", "size", "tiles", "vision tokens", "LLM tokens", "time (s)"]
+    cols = ["input", "model", "mode", "size", "tiles", "vision tokens", "LLM tokens", "time (s)"]
     body = [[str(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
     line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
@@ -155,18 +155,22 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join([line, sep] + ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body])
 
 
-def vision_tokens(mode: str, grid) -> int:
-    """Projected tokens before newlines/separator: g^2 of the global view plus TILE_GRID^2 per tile."""
-    g = get_mode(mode).grid[1]
+def vision_tokens(mode: str, grid, family: str = "ocr1") -> int:
+    """Projected tokens before newlines/separator: g^2 of the global view plus t^2 per tile."""
+    from .modes import tile_token_side
+
+    g = get_mode(mode, family).grid[1]
+    t = tile_token_side(family)
     cols, rows = grid
-    return g * g + (cols * rows * TILE_GRID * TILE_GRID if cols * rows > 1 else 0)
+    return g * g + (cols * rows * t * t if cols * rows > 1 else 0)
 
 
 def row_for(res, name: str) -> dict:
     cols, rows = res.grid
-    return {"input": name, "mode": res.mode, "size": f"{res.size[0]}x{res.size[1]}",
+    fam = getattr(res, "family", "ocr1")
+    return {"input": name, "model": fam, "mode": res.mode, "size": f"{res.size[0]}x{res.size[1]}",
             "tiles": f"{cols}x{rows}" if cols * rows > 1 else "-",
-            "vision tokens": vision_tokens(res.mode, res.grid), "LLM tokens": res.num_tokens,
+            "vision tokens": vision_tokens(res.mode, res.grid, fam), "LLM tokens": res.num_tokens,
             "time (s)": f"{res.seconds:.2f}"}
 
 
@@ -182,8 +186,10 @@ def preflight_model_args(args) -> Tuple[str, "object"]:
 
     from .encoder import resolve_dtype
 
+    resolve_model_family(args)
     try:
-        limits.check_max_tiles(args.max_tiles)
+        if args.max_tiles is not None:
+            limits.check_max_tiles(args.max_tiles)
     except limits.LimitError as e:
         raise CLIError(str(e)) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,11 +226,28 @@ def preflight_model_args(args) -> Tuple[str, "object"]:
     return str(dev), dtype
 
 
-def _config(args):
-    from .config import DeepEncoderConfig
+def resolve_model_family(args) -> str:
+    """``--model auto|ocr1|ocr2`` (auto: from the checkpoint's keys, else ocr1) -> ``args.family``; a
+    checkpoint of the other family is a one-line error before anything is built."""
+    if getattr(args, "family", None):
+        return args.family
+    from .encoder import resolve_family
+    from .weights import CheckpointError
 
-    return DeepEncoderConfig.small_test() if getattr(args, "config", "deepseek-ocr") == "small-test" \
-        else DeepEncoderConfig.deepseek_ocr()
+    requested = None if getattr(args, "model", "auto") in (None, "auto") else args.model
+    try:
+        args.family = resolve_family(requested, None, args.weights)
+    except FileNotFoundError as e:
+        raise CLIError(f"--weights: {_one_line(e)}") from None
+    except CheckpointError as e:
+        raise CLIError(f"--weights: {_one_line(e)}") from None
+    return args.family
+
+
+def _config(args):
+    from .config import family_config
+
+    return family_config(resolve_model_family(args), small=getattr(args, "config", "deepseek-ocr") == "small-test")
 
 
 def preflight_weights(path: str, cfg) -> None:
@@ -272,7 +295,7 @@ def _make_encoder(args, dtype=None, device=None):
                           cuda_graphs=getattr(args, "cuda_graphs", False))
     if enc.random_weights:
         print("WARNING: " + RANDOM_WEIGHTS_WARNING, file=sys.stderr)
-    print(f"deepencoder: config={cfg.name} backend={enc.backend} device={enc.device} dtype={str(enc.dtype)[6:]} "
+    print(f"deepencoder: model={enc.family} config={cfg.name} backend={enc.backend} device={enc.device} dtype={str(enc.dtype)[6:]} "
           f"weights={'RANDOM (seeded)' if enc.random_weights else args.weights}", file=sys.stderr)
     return enc
 
@@ -297,7 +320,7 @@ def atomic_write(path: str, write) -> None:
 
 def _request_meta(args, dtype) -> dict:
     """What an output must have been made with to count as done (see :func:`existing_mismatch`)."""
-    return {"format": ENCODE_FORMAT, "mode": args.mode, "max_tiles": str(args.max_tiles),
+    return {"format": ENCODE_FORMAT, "family": args.family, "mode": args.mode, "max_tiles": str(args.max_tiles),
             "config": _config(args).name, "dtype": str(dtype).replace("torch.", ""),
             "weights": "random(seed=0)" if args.weights is None else os.path.abspath(args.weights)}
 
@@ -321,7 +344,8 @@ def existing_mismatch(path: str, expect: dict) -> Optional[str]:
 def _save(res, path: str, enc, extra_meta: Optional[dict] = None) -> None:
     from safetensors.torch import save_file
 
-    meta = {"mode": res.mode, "grid": f"{res.grid[0]}x{res.grid[1]}", "num_tokens": str(res.num_tokens),
+    meta = {"family": enc.family, "mode": res.mode, "grid": f"{res.grid[0]}x{res.grid[1]}",
+            "num_tokens": str(res.num_tokens),
             "source": res.source, "random_weights": str(enc.random_weights), "config": enc.config.name,
             **(extra_meta or {})}
     tokens = res.tokens.detach().float().cpu().contiguous()
@@ -340,7 +364,13 @@ def _remove_stale_partials(path: str) -> None:
 
 def cmd_encode(args) -> int:
     """Encode every input; see the README (CLI: outputs, reruns, interruption, failures) for the policy."""
-    get_mode(args.mode)
+    family = resolve_model_family(args)
+    if args.mode is None:
+        args.mode = DEFAULT_MODE[family]
+    try:
+        get_mode(args.mode, family)
+    except ValueError as e:
+        raise CLIError(f"--mode: {e}") from None
     inputs = collect_inputs(args.inputs, args.recursive)
     outs = output_paths(inputs, args.out)
     device, dtype = preflight_model_args(args)
@@ -456,53 +486,92 @@ def make_sample_page(width: int = 1240, height: int = 1754):
     return img
 
 
+DEMO_MODES = {"ocr1": ["tiny", "small", "base", "large", "gundam"], "ocr2": ["base", "gundam"]}
+
+
+def _demo_plan(args) -> List[Tuple[str, str]]:
+    """(family, mode) pairs the demo runs: both families unless ``--model`` picks one (``--weights`` picks
+    its checkpoint's family); ``--modes`` filters by mode name (``ocr2:gundam`` names one family's mode)."""
+    if args.weights is not None or getattr(args, "model", "auto") not in (None, "auto"):
+        families = [resolve_model_family(args)]
+    else:
+        families = ["ocr1", "ocr2"]
+    if not args.modes:
+        return [(f, m) for f in families for m in DEMO_MODES[f]]
+    plan = []
+    for item in (x.strip() for x in args.modes.split(",")):
+        fam, _, m = item.rpartition(":")
+        fams = [fam] if fam else families
+        if fam and fam not in families:
+            raise CLIError(f"--modes {item}: family {fam!r} is not part of this demo ({', '.join(families)})")
+        hits = [(f, m) for f in fams if m in FAMILY_MODES[f]]
+        if not hits:
+            valid = sorted({x for f in fams for x in FAMILY_MODES[f]})
+            raise CLIError(f"--modes: unknown mode {m!r}: choose from {', '.join(valid)}")
+        plan += hits
+    return list(dict.fromkeys(plan))
+
+
 def cmd_demo(args) -> int:
-    modes = [m.strip() for m in args.modes.split(",")] if args.modes else list(MODES)
-    for m in modes:
-        if m not in MODES:
-            raise CLIError(f"--modes: unknown mode {m!r}: choose from {', '.join(MODES)}")
-    modes = list(dict.fromkeys(modes))
-    device, dtype = preflight_model_args(args)
+    plan = _demo_plan(args)
+    families = list(dict.fromkeys(f for f, _ in plan))
     page_path = os.path.join(args.out, "sample_page.png")
-    outs = [os.path.join(args.out, f"sample_page.{m}.safetensors") for m in modes]
+    outs = [os.path.join(args.out, f"sample_page.{f}-{m}.safetensors") for f, m in plan]
     existing = [p for p in [page_path] + outs if os.path.lexists(p)]
     if existing and not args.force:
         raise CLIError(f"{len(existing)} output file(s) exist in {args.out}, e.g. {existing[0]}; pass --force to "
                        "overwrite them, or choose another --out")
+    checked = {}
+    for f in families:  # every argument checked for every family before any file is touched
+        args.family = f
+        checked[f] = preflight_model_args(args)
     preflight_out_dir(args.out)
     atomic_write(page_path, lambda tmp: make_sample_page().save(tmp, format="PNG"))
     print(f"sample page: {page_path} (1240x1754, A4 at 150 dpi)", file=sys.stderr)
-    enc = _make_encoder(args, dtype=dtype, device=device)
     from .preprocess import load_image
 
     img = load_image(page_path)
     rows = []
+    random_weights = False
     try:
-        with Progress(len(modes), "demo", unit="modes") as bar:
-            for m, out in zip(modes, outs):
-                t0 = time.perf_counter()
-                res = enc.encode([img], mode=m, max_tiles=args.max_tiles)[0]
-                res.seconds = time.perf_counter() - t0
-                res.source = page_path
-                _save(res, out, enc)
-                rows.append(row_for(res, "sample_page.png"))
-                bar.update(1, m)
+        with Progress(len(plan), "demo", unit="modes") as bar:
+            for f in families:
+                args.family = f
+                device, dtype = checked[f]
+                enc = _make_encoder(args, dtype=dtype, device=device)
+                random_weights |= enc.random_weights
+                for (fam, m), out in zip(plan, outs):
+                    if fam != f:
+                        continue
+                    t0 = time.perf_counter()
+                    res = enc.encode([img], mode=m, max_tiles=args.max_tiles)[0]
+                    res.seconds = time.perf_counter() - t0
+                    res.source = page_path
+                    _save(res, out, enc)
+                    rows.append(row_for(res, "sample_page.png"))
+                    bar.update(1, f"{f} {m}")
+                del enc
     except KeyboardInterrupt:
-        raise Interrupted(f"{len(rows)} of {len(modes)} mode(s) written to {args.out}") from None
+        raise Interrupted(f"{len(rows)} of {len(plan)} (model, mode) output(s) written to {args.out}") from None
     print(format_table(rows))
     print(f"outputs in {args.out}/" + ("  [RANDOM WEIGHTS: values meaningless; token counts are real]"
-                                        if enc.random_weights else ""))
+                                        if random_weights else ""))
     return 0
 
 
 def _add_model_args(p):
-    p.add_argument("--weights", default=None, help="DeepSeek-OCR checkpoint (safetensors file, index json or "
-                   "folder); default: seeded random weights (outputs meaningless)")
+    p.add_argument("--weights", default=None, help="DeepSeek-OCR or DeepSeek-OCR 2 checkpoint (safetensors file, "
+                   "index json or folder; the model family is detected from its keys); default: seeded random "
+                   "weights (outputs meaningless)")
+    p.add_argument("--model", default="auto", choices=["auto", "ocr1", "ocr2"],
+                   help="model family: ocr1 = DeepSeek-OCR, ocr2 = DeepSeek-OCR 2 (default: from --weights, else "
+                        "ocr1; demo: both)")
     p.add_argument("--backend", default="auto", choices=["auto", "reference", "fast"])
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="default: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, help="Gundam tile MAX (HF 9, vLLM 6)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="Gundam tile MAX (default: ocr1 9 as the HF code, vLLM uses 6; ocr2 6)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture the fast path with CUDA graphs")
     p.add_argument("--config", default="deepseek-ocr", choices=["deepseek-ocr", "small-test"],
                    help=argparse.SUPPRESS)
@@ -521,7 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     pe = sub.add_parser("encode", help="encode images/folders to safetensors token files")
     pe.add_argument("inputs", nargs="+", help="image files and/or folders")
-    pe.add_argument("--mode", default="base", choices=list(MODES))
+    pe.add_argument("--mode", default=None, choices=sorted(set(FAMILY_MODES["ocr1"]) | set(FAMILY_MODES["ocr2"])),
+                    help="default: base (ocr1), gundam (ocr2)")
     pe.add_argument("--out", default="deepencoder_out", help="output folder")
     pe.add_argument("--force", action="store_true",
                     help="redo and replace existing outputs (default: outputs of the same input and request "
@@ -529,9 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     _add_model_args(pe)
     pe.set_defaults(func=cmd_encode)
-    pd = sub.add_parser("demo", help="make a sample page and encode it in every mode")
+    pd = sub.add_parser("demo", help="make a sample page and encode it in every mode of both model families")
     pd.add_argument("--out", default="demo_out")
-    pd.add_argument("--modes", default=None, help="comma-separated subset of modes")
+    pd.add_argument("--modes", default=None, help="comma-separated subset of modes (e.g. tiny,gundam or ocr2:base)")
     pd.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
     _add_model_args(pd)
     pd.set_defaults(func=cmd_demo)

@@ -105,8 +105,43 @@ def test_fast_backend_without_cuda_or_interpreter_says_so(monkeypatch):
 
 
 def test_demo_small(tmp_path, capsys):
+    """Both families side by side: ocr1 tiny + gundam (2x3 tiles: 903) and ocr2 gundam (2x3 crops: 6*144+257)."""
     rc = main(["demo", "--out", str(tmp_path / "demo"), "--modes", "tiny,gundam"] + SMALL)
     assert rc == 0
     out = capsys.readouterr().out
-    assert "tiny" in out and "gundam" in out and "903" in out and "73" in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("sample_page.png")]
+    got = {(r[1], r[2]): int(r[6]) for r in rows}
+    assert got == {("ocr1", "tiny"): 73, ("ocr1", "gundam"): 903, ("ocr2", "gundam"): 6 * 144 + 257}
     assert (tmp_path / "demo" / "sample_page.png").exists()
+    for name in ("ocr1-tiny", "ocr1-gundam", "ocr2-gundam"):
+        with safe_open(str(tmp_path / "demo" / f"sample_page.{name}.safetensors"), "pt") as f:
+            assert f.metadata()["family"] == name.split("-")[0]
+
+
+def test_encode_model_ocr2_records_family(tmp_path, capsys):
+    a = page(tmp_path / "wide.png", 1920, 1080, 3)  # ocr2: 2x1 crops -> 2*144 + 257 tokens
+    out = tmp_path / "out"
+    assert main(["encode", a, "--model", "ocr2", "--out", str(out)] + SMALL) == 0
+    with safe_open(str(out / "wide.safetensors"), "pt") as f:
+        meta = f.metadata()
+        tokens = f.get_tensor("tokens")
+    assert meta["family"] == "ocr2" and meta["mode"] == "gundam" and meta["grid"] == "2x1"
+    assert tokens.shape[0] == 2 * 144 + 257 == vision_token_count(1920, 1080, "gundam", family="ocr2")
+    assert "ocr2" in capsys.readouterr().out
+
+
+def test_model_flag_against_checkpoint_of_other_family(tmp_path, capsys):
+    from deepencoder.config import DeepEncoderConfig
+    from deepencoder.models import DeepEncoderReference
+    from deepencoder.weights import init_random_, save_checkpoint
+
+    ck = str(tmp_path / "v1.safetensors")
+    save_checkpoint(init_random_(DeepEncoderReference(DeepEncoderConfig.small_test()), 0), ck)
+    a = page(tmp_path / "p.png")
+    rc = main(["encode", a, "--model", "ocr2", "--weights", ck, "--out", str(tmp_path / "o")] + SMALL)
+    err = capsys.readouterr().err
+    assert rc == 2 and "DeepSeek-OCR (ocr1) checkpoint" in err and "--model ocr1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    # the mode must belong to the family
+    rc = main(["encode", a, "--model", "ocr2", "--mode", "tiny", "--out", str(tmp_path / "o")] + SMALL)
+    assert rc == 2 and "tiny" in capsys.readouterr().err

@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="which rows get reference-compile (default base: Base shapes only; it compiles slowly)")
     p.add_argument("--no-compile", action="store_true", help="same as --compile none")
     p.add_argument("--compile-mode", default="max-autotune")
+    p.add_argument("--compile-inline", action="store_true",
+                   help="run each compile row right after its case, not after all cases (a budget cut then drops "
+                        "the later cases instead of the compile rows)")
     p.add_argument("--compile-backend", default=None, help="inductor (default; smoke: eager)")
     p.add_argument("--op-tokens", type=int, default=None, help="per-op batch = op_tokens // G^2 (default 32768)")
     p.add_argument("--target-ms", type=float, default=None, help="measured time per row (default 200)")
@@ -175,6 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(threads)
     if args.no_compile:
         opts["compile"] = "none"
+    opts["compile_inline"] = args.compile_inline
     timer = Timer(device, target_ms=args.target_ms or target, min_reps=args.min_reps or min_reps,
                   warmup=args.warmup if args.warmup is not None else warmup, method=args.timer)
 

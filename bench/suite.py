@@ -385,7 +385,8 @@ def _finite(out) -> bool:
 
 def run_suite(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype, timer: Timer,
               on_row: Optional[Callable] = None, cases: Optional[List[Case]] = None) -> List[Dict[str, Any]]:
-    """Peaks, then every case's providers (compile rows last, so a budget cut drops them first)."""
+    """Peaks, then every case's providers (compile rows last, so a budget cut drops them first; with
+    ``compile_inline`` right after their case)."""
     prov = provenance(device)
     prov["config"] = (opts.get("config").name if opts.get("config") is not None else "deepseek-ocr")
     rows: List[Dict[str, Any]] = []
@@ -417,8 +418,12 @@ def run_suite(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype, ti
         runner.run_case(case, now)
         if case.cleanup:
             case.cleanup()
-        later += [(case, p) for p in case.providers
-                  if p.name in wanted and p.compile and compile_wanted(case, policy, opts)]
+        comp = [(case, p) for p in case.providers if p.name in wanted and p.compile and compile_wanted(case, policy, opts)]
+        if opts.get("compile_inline"):  # right after its case (a compile row the run is for, not an extra)
+            for c, p in comp:
+                runner.run_case(c, [p])
+        else:
+            later += comp
     for case, p in later:
         # the baseline's error (for the bound) is already known from the first pass
         runner.run_case(case, [p])

@@ -161,7 +161,8 @@ def render(results_dir: str) -> str:
             out += _gpu_run_section(n, [r for r in rows if r.get("device_kind") == "cuda"])
     else:
         out += ["**No GPU measurements are committed yet.** Run `bash bench/gpu_suite.sh OUT` on a GPU machine "
-                "and copy `OUT/bench.json` to `bench/results/<device>.json`; until then every figure below is "
+                "and copy `OUT/bench.json` to `bench/results/<device>.json` (and `OUT/bench-ocr2.json`, the DeepSeek-OCR "
+                "2 end-to-end rows, to `bench/results/<device>-ocr2.json`); until then every figure below is "
                 "a prediction.", ""]
     if aot:
         out += _aot_section(aot)

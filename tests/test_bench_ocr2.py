@@ -117,9 +117,8 @@ def test_upstream_row_runs_upstreams_mask_loop_and_fast_does_not(monkeypatch):
     """``upstream`` builds the mask with upstream's per-token loop on every forward; the fast encoder shares
     the module (same weights) but never takes that path; the two agree."""
     import deepencoder.models.flow as flow
-    from deepencoder.config import DeepEncoderV2Config
-
     from bench.e2e import E2EMode, EncoderPool, e2e_case
+    from deepencoder.config import DeepEncoderV2Config
 
     calls = []
     orig = flow.flow_mask_upstream_loop

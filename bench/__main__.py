@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
                    help="model family whose default ops and modes run (ocr1 DeepSeek-OCR, ocr2 DeepSeek-OCR 2)")
     p.add_argument("--modes", type=_strs, default=None,
                    help="tiny,small,base,large,gundam,ocr2-base,ocr2-gundam ('' = none)")
+    p.add_argument("--e2e-order", choices=("batch", "listed"), default="batch",
+                   help="end-to-end cases by batch, small first (default), or in --modes order, then by batch")
     p.add_argument("--batches", type=_ints, default=None, help="end-to-end batches (default 1,8,32)")
     p.add_argument("--gundam-batches", type=_ints, default=None, help="Gundam pages per call (default 1,4,8)")
     p.add_argument("--ocr2-batches", type=_ints, default=None, help="OCR-2 global views per call (default 1,8,32)")
@@ -102,6 +104,51 @@ def exit_status(rows, allow_failures: bool = False, stream=None) -> int:
     return 1
 
 
+def options(args):
+    """The run's options from parsed arguments: ``(opts for bench.suite, (target_ms, min_reps, warmup))``."""
+    from deepencoder.config import DeepEncoderConfig, DeepEncoderV2Config
+
+    from .suite import FAMILY_MODES, FAMILY_OPS
+
+    if args.input_sets < 3:
+        raise SystemExit("--input-sets must be >= 3 (rotating inputs keep caches from flattering)")
+    opts = {"input_sets": args.input_sets, "check_batch": args.check_batch, "budget_s": args.budget_s,
+            "compile_mode": args.compile_mode, "grid_modes": {32: "tiny", 40: "small", 64: "base", 80: "large"},
+            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"},
+            "flow_modes": {144: "ocr2-tile", 256: "ocr2-global"}}
+    fams = ("ocr1", "ocr2") if args.family == "all" else (args.family,)
+    if args.smoke:
+        # Triton kernels run under the interpreter here (~5 ms per program step): the op rows run them at
+        # a 6x6 grid (window 4: padded to 8, four windows); end to end, ops take their torch backends.
+        # OCR-2 end to end: the small V2 config at the real view sides (its query tables fix 1024 / 768),
+        # one global view and one page of 2 crops, ~25 s on one CPU thread.
+        smoke_modes = {"ocr1": ("smoke-tiny", "smoke-gundam"), "ocr2": ("smoke-ocr2-base", "smoke-ocr2-gundam")}
+        opts.update(config=DeepEncoderConfig.small_test(), config_v2=DeepEncoderV2Config.small_test(),
+                    grids=(6,), op_window=4, clip_grids=(4,),
+                    modes=sum((smoke_modes[f] for f in fams), ()), batches=(1, 2), gundam_batches=(1,),
+                    ocr2_batches=(1,), ocr2_pages=(1,), op_tokens=36,
+                    compile="base", compile_modes=("smoke", "smoke-tiny", "smoke-ocr2-gundam"),
+                    compile_backend="eager", quick_peaks=True, e2e_torch_ops=True,
+                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"},
+                    flow_ns=(9,), flow_heads=(4, 2, 64), flow_modes={9: "smoke"})
+        target, min_reps, warmup = 15.0, 3, 1
+    else:
+        opts.update(batches=(1, 8, 32), gundam_batches=(1, 4, 8), ocr2_batches=(1, 8, 32), ocr2_pages=(1, 8),
+                    compile="base", compile_backend="inductor", modes=sum((FAMILY_MODES[f] for f in fams), ()))
+        target, min_reps, warmup = 200.0, 5, 3
+    opts["ops"] = sum((FAMILY_OPS[f] for f in fams), ())
+    for k in ("ops", "grids", "clip_grids", "modes", "batches", "gundam_batches", "ocr2_batches", "ocr2_pages",
+              "providers", "op_tokens", "compile", "compile_backend"):
+        v = getattr(args, k)
+        if v is not None:
+            opts[k] = tuple(v) if isinstance(v, list) else v
+    if args.no_compile:
+        opts["compile"] = "none"
+    opts["compile_inline"] = args.compile_inline
+    opts["e2e_order"] = args.e2e_order
+    return opts, (target, min_reps, warmup)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     from . import report
@@ -138,47 +185,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from .measure import Timer
     from .schema import validate_rows
-    from .suite import FAMILY_MODES, FAMILY_OPS, dtype_name, run_suite
+    from .suite import dtype_name, run_suite
 
     dtype = resolve_dtype(args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.input_sets < 3:
-        raise SystemExit("--input-sets must be >= 3 (rotating inputs keep caches from flattering)")
-    opts = {"input_sets": args.input_sets, "check_batch": args.check_batch, "budget_s": args.budget_s,
-            "compile_mode": args.compile_mode, "grid_modes": {32: "tiny", 40: "small", 64: "base", 80: "large"},
-            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"},
-            "flow_modes": {144: "ocr2-tile", 256: "ocr2-global"}}
+    opts, (target, min_reps, warmup) = options(args)
     fams = ("ocr1", "ocr2") if args.family == "all" else (args.family,)
-    if args.smoke:
-        # Triton kernels run under the interpreter here (~5 ms per program step): the op rows run them at
-        # a 6x6 grid (window 4: padded to 8, four windows); end to end, ops take their torch backends.
-        # OCR-2 end to end: the small V2 config at the real view sides (its query tables fix 1024 / 768),
-        # one global view and one page of 2 crops, ~25 s on one CPU thread.
-        smoke_modes = {"ocr1": ("smoke-tiny", "smoke-gundam"), "ocr2": ("smoke-ocr2-base", "smoke-ocr2-gundam")}
-        opts.update(config=DeepEncoderConfig.small_test(), config_v2=DeepEncoderV2Config.small_test(),
-                    grids=(6,), op_window=4, clip_grids=(4,),
-                    modes=sum((smoke_modes[f] for f in fams), ()), batches=(1, 2), gundam_batches=(1,),
-                    ocr2_batches=(1,), ocr2_pages=(1,), op_tokens=36,
-                    compile="base", compile_modes=("smoke", "smoke-tiny", "smoke-ocr2-gundam"),
-                    compile_backend="eager", quick_peaks=True, e2e_torch_ops=True,
-                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"},
-                    flow_ns=(9,), flow_heads=(4, 2, 64), flow_modes={9: "smoke"})
-        target, min_reps, warmup = 15.0, 3, 1
-    else:
-        opts.update(batches=(1, 8, 32), gundam_batches=(1, 4, 8), ocr2_batches=(1, 8, 32), ocr2_pages=(1, 8),
-                    compile="base", compile_backend="inductor", modes=sum((FAMILY_MODES[f] for f in fams), ()))
-        target, min_reps, warmup = 200.0, 5, 3
-    opts["ops"] = sum((FAMILY_OPS[f] for f in fams), ())
-    for k in ("ops", "grids", "clip_grids", "modes", "batches", "gundam_batches", "ocr2_batches", "ocr2_pages",
-              "providers", "op_tokens", "compile", "compile_backend"):
-        v = getattr(args, k)
-        if v is not None:
-            opts[k] = tuple(v) if isinstance(v, list) else v
     threads = args.threads or (1 if args.smoke and device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    if args.no_compile:
-        opts["compile"] = "none"
-    opts["compile_inline"] = args.compile_inline
     timer = Timer(device, target_ms=args.target_ms or target, min_reps=args.min_reps or min_reps,
                   warmup=args.warmup if args.warmup is not None else warmup, method=args.timer)
 

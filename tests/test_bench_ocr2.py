@@ -88,27 +88,51 @@ def test_ocr2_flop_model_follows_the_v2_config():
     assert fl.param_count(small) < fl.param_count(real) / 100  # the V2 module, not V1's
 
 
-def test_gpu_matrix_has_the_ocr2_target_rows():
-    """The OCR-2 stage of bench/gpu_suite.sh: global view at 1, 8, 32, then 8 pages of 1024 + 3x2x768 (1121
-    tokens each); compile only on the page row; OCR-1 and OCR-2 cases side by side never share a mode or pool."""
+def _gpu_suite_ocr2_args():
+    """The ``python -m bench`` arguments of bench/gpu_suite.sh's OCR-2 stage, shell variables at their defaults."""
+    import os
+    import re
+    import shlex
+
+    path = os.path.join(os.path.dirname(fl.__file__), "gpu_suite.sh")
+    text = open(path).read().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("stage bench-ocr2"))
+    line = line.split("-m bench", 1)[1]
+    line = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", line)  # ${VAR:-default} -> default
+    line = re.sub(r"\$\(\(.*?\)\)", "190", line).replace('"$OUT"', "/tmp/out")
+    return shlex.split(line)
+
+
+def test_gpu_suite_ocr2_stage_measures_the_target_rows_first():
+    """bench/gpu_suite.sh's OCR-2 stage: 8 pages of 1024 + 3x2x768 (1121 tokens each) first, its compile row
+    (default mode, inductor) right after it, then the global view alone at 1, 8, 32; no op rows."""
+    from bench.__main__ import options, parser
     from bench.suite import build_matrix, compile_wanted
 
-    opts = {"ops": (), "modes": ("base", "ocr2-base", "ocr2-gundam"), "batches": (1, 8, 32),
-            "ocr2_batches": (1, 8, 32), "ocr2_pages": (8,), "compile_modes": ("base", "ocr2-gundam")}
+    args = parser().parse_args(_gpu_suite_ocr2_args())
+    opts, _ = options(args)
+    assert opts["compile_inline"] and opts["compile_mode"] == "default" and opts["compile_backend"] == "inductor"
     cases = build_matrix(opts, torch.device("cpu"), torch.bfloat16)
-    o2 = [c for c in cases if c.extra.get("family") == "ocr2"]
-    o1 = [c for c in cases if c.extra.get("family") == "ocr1"]
-    assert [(c.mode, c.batch) for c in o2] == [("ocr2-base", 1), ("ocr2-base", 8), ("ocr2-gundam", 8),
-                                               ("ocr2-base", 32)]
-    assert [c.mode for c in o1] == ["base"] * 3 and not {c.mode for c in o1} & {c.mode for c in o2}
-    page = o2[2]
+    assert [(c.mode, c.batch) for c in cases] == [("ocr2-gundam", 8), ("ocr2-base", 1), ("ocr2-base", 8),
+                                                  ("ocr2-base", 32)]
+    assert all(c.extra["family"] == "ocr2" and c.kind == "e2e" for c in cases)
+    page = cases[0]
     assert page.shape == "B8-S1024+3x2x768" and page.extra["tokens_per_image"] == 1121 and page.images == 8
-    assert page.flops == pytest.approx(8 * fl.ocr2_page_flops(6))
-    assert o2[0].flops == pytest.approx(fl.ocr2_view_flops(1024)) and o2[0].extra["tokens_per_image"] == 256
-    assert page.baseline == "upstream" and o1[0].baseline == "reference"
+    assert page.flops == pytest.approx(8 * fl.ocr2_page_flops(6)) and page.baseline == "upstream"
     assert [p.name for p in page.providers] == ["upstream", "upstream-compile", "fast", "fast-graphs"]
-    assert page.extra["config"] == "deepseek-ocr2" and o1[0].extra["config"] == "deepseek-ocr"
-    assert [(c.mode, c.batch) for c in cases if compile_wanted(c, "base", opts)] == [("base", 1), ("ocr2-gundam", 8)]
+    assert cases[1].flops == pytest.approx(fl.ocr2_view_flops(1024)) and cases[1].extra["tokens_per_image"] == 256
+    assert [c.key for c in cases if compile_wanted(c, opts["compile"], opts)] == [page.key]
+
+
+def test_families_side_by_side_never_share_a_mode_or_pool():
+    from bench.suite import build_matrix
+
+    opts = {"ops": (), "modes": ("base", "ocr2-base"), "batches": (1, 8), "ocr2_batches": (1,)}
+    cases = build_matrix(opts, torch.device("cpu"), torch.bfloat16)
+    assert [(c.mode, c.batch, c.extra["family"], c.extra["config"]) for c in cases] == [
+        ("base", 1, "ocr1", "deepseek-ocr"), ("ocr2-base", 1, "ocr2", "deepseek-ocr2"), ("base", 8, "ocr1", "deepseek-ocr")]
+    assert cases[0].baseline == "reference" and cases[1].baseline == "upstream"
+    assert [p.name for p in cases[0].providers][:2] == ["reference", "reference-compile"]
     with pytest.raises(ValueError, match="unknown end-to-end mode"):
         build_matrix({**opts, "modes": ("ocr2-large",)}, torch.device("cpu"), torch.bfloat16)
 

@@ -184,6 +184,9 @@ def test_smoke_has_ocr2_e2e_rows_that_passed_and_carry_the_family(bench_smoke_ru
     assert page["shape"] == "B1-S1024+2x1x768" and page["tokens_per_image"] == 545
     assert page["flops"] == pytest.approx(fl.ocr2_page_flops(2, cfg=DeepEncoderV2Config.small_test()))
     assert "flow_attention=torch" in page["op_backends"] and "add_rmsnorm=torch" in page["op_backends"]
+    from bench.schema import row_errors
+
+    assert row_errors(page, engine="builtin") == [] and row_errors({**page, "family": "ocr3"}, engine="builtin")
     assert "mask loop" in o2[("smoke-ocr2-gundam", "upstream")]["note"]
     assert not any(r["provider"].startswith("upstream") for r in e2e if r["family"] == "ocr1")
     md = (out / "smoke.md").read_text()

@@ -265,8 +265,8 @@ def test_cli_render_ocr2_records_family_and_refuses_family_change(tmp_path, caps
 
 
 def test_cli_family_detected_from_weights(tmp_path, capsys):
-    """--model auto (the default) takes the family from the checkpoint's keys; --model ocr1 against an
-    ocr2 checkpoint is a one-line error."""
+    """--model auto (the default) takes the family from the checkpoint's keys, and the CLI builds and loads
+    an ocr2 encoder from it; --model ocr1 against an ocr2 checkpoint is a one-line error."""
     from deepencoder.config import DeepEncoderV2Config
     from deepencoder.models import DeepEncoderV2Reference
     from deepencoder.weights import init_random_, save_checkpoint
@@ -276,11 +276,18 @@ def test_cli_family_detected_from_weights(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(json.dumps(conv([300, 200, 100, 50, 20, 10])), encoding="utf-8")
     out = tmp_path / "o"
-    assert _cli(["compress", str(path), "-o", str(out), "--weights", ck, "--config", "small-test", "--no-encode",
-                 "--schedule", "text:2,gundam:4,base", "-q"]) == 0
-    assert "model ocr2 (DeepSeek-OCR 2), ladder text > gundam > base" in capsys.readouterr().out
+    assert _cli(["compress", str(path), "-o", str(out), "--weights", ck, "--config", "small-test",
+                 "--schedule", "text:2,base", "--device", "cpu", "-q"]) == 0
+    cap = capsys.readouterr()
+    assert "model ocr2 (DeepSeek-OCR 2), ladder text > gundam > base" in cap.out and "MEANINGLESS" not in cap.err
     s = json.loads((out / "summary.json").read_text())
     assert s["family"] == "ocr2" and s["vision_tokens_per_page"] == {"gundam": 833, "base": 257}
+    assert s["encoder"]["family"] == "ocr2" and s["encoder"]["random_weights"] is False
+    assert [(p["mode"], p["encoded_tokens"]) for p in s["pages"]] == [("base", 257)]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "encoded.safetensors"), "pt") as f:
+        assert f.metadata()["family"] == "ocr2" and f.get_tensor(s["pages"][0]["name"]).shape[0] == 257
     assert s["tokens_planned"] == sum(p["vision_tokens"] for p in s["pages"]) + sum(
         t["text_tokens"] for t in s["turns"] if t["level"] == "text")
     rc = _cli(["compress", str(path), "-o", str(tmp_path / "o1"), "--weights", ck, "--model", "ocr1",

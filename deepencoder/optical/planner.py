@@ -12,10 +12,11 @@ DeepSeek-OCR 2 has one global view size (1024, 257 tokens) and 768 crops (144 to
 steps are "with crops" (gundam) and "global view only" (base); below base a turn can only be dropped.
 Its default page is 1536x1536 (``--page-mode gundam``): gundam 4 x 144 + 257 = 833 tokens, base 257.
 
-Every image level encodes the *same* pages (one page geometry, default 1280x1280 with a font chosen
-for ~40 characters per Large vision token); only the encoder mode changes, so a step down the ladder
-keeps the text and spends fewer vision tokens on it (1280x1280 page: Gundam 693, Large 421, Base 273,
-Small 111, Tiny 73, from :func:`deepencoder.modes.vision_token_count`). Turns that share a level share
+Every image level encodes the *same* pages (one page geometry; ocr1 default 1280x1280 with a font chosen
+for ~40 characters per Large vision token, ocr2 1536x1536 with ~40 per Gundam token); only the encoder
+mode changes, so a step down the ladder keeps the text and spends fewer vision tokens on it (ocr1
+1280x1280 page: Gundam 693, Large 421, Base 273, Small 111, Tiny 73; ocr2 1536x1536 page: Gundam 833,
+Base 257; from :func:`deepencoder.modes.vision_token_count`). Turns that share a level share
 pages (a transcript with a bold label row per turn), so short old turns do not each pay a full page.
 
 Two steps:

@@ -25,26 +25,36 @@ class CLIError(Exception):
 
 def collect_inputs(paths: Sequence[str], recursive: bool = False) -> List[str]:
     """Expand files and folders into a list of image files (sorted within a folder)."""
+    from . import sources
+
     out: List[str] = []
     for p in paths:
         if os.path.isdir(p):
             found = []
             walker = os.walk(p) if recursive else [(p, [], os.listdir(p))]
             for root, _, files in walker:
-                found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)]
+                found += [os.path.join(root, f) for f in files if sources.is_supported(f)]
             if not found:
-                raise CLIError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-            out += sorted(found)
-        elif os.path.exists(p):
-            if p.lower().endswith(".pdf"):
-                raise CLIError(f"{p}: PDF input is not supported yet; render its pages to PNG first "
-                               "(e.g. pdftoppm -r 150 -png FILE.pdf page)")
-            out.append(p)
+                raise CLIError(f"folder {p} holds no images or PDFs ({', '.join(IMAGE_EXTS)}, .pdf)")
+            for f in sorted(found):
+                out += _pages_of(f)
+        elif os.path.exists(p) or sources.split_page_spec(p)[1]:
+            out += _pages_of(p)
         else:
             raise CLIError(f"input not found: {p}")
     if not out:
         raise CLIError("no inputs given")
     return out
+
+
+def _pages_of(p: str) -> List[str]:
+    """A PDF / multi-page TIFF becomes one input per page (``doc.pdf:3``; see deepencoder.sources)."""
+    from . import sources
+
+    try:
+        return sources.page_inputs(p)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
 
 
 def output_paths(inputs: Sequence[str], out_dir: str) -> List[str]:
@@ -138,7 +148,7 @@ def cmd_encode(args) -> int:
         raise CLIError(f"{len(existing)} output file(s) exist, e.g. {existing[0]}; pass --force to overwrite")
     os.makedirs(args.out, exist_ok=True)
     enc = _make_encoder(args)
-    from .preprocess import load_image
+    from .sources import load_input as load_image  # also "doc.pdf:3" pages
 
     rows = []
     bar = Progress(len(inputs))
@@ -253,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_subcommands = None
     if add_subcommands is not None:
         add_subcommands(sub)
+    from .corpus.cli import add_parser as add_corpus_parser
+
+    add_corpus_parser(sub)  # encode-corpus: parsing and command live in deepencoder.corpus.cli
     return ap
 
 

@@ -157,6 +157,9 @@ class DeepEncoder:
                max_tiles: int = DEFAULT_MAX_TILES, engine: str = "auto") -> List[EncodedImage]:
         """Encode images (PIL images, paths or uint8 arrays) into LLM-ready token sequences.
 
+        A PDF path (or ``doc.pdf:3-7``) gives one result per page, rendered at 144 dpi
+        (:mod:`deepencoder.sources`); so does a multi-page TIFF.
+
         ``mode`` is one mode for all images or one per image. All views are batched across images:
         tiles of every Gundam image in one batch, global views grouped by size.
         """
@@ -169,6 +172,9 @@ class DeepEncoder:
         modes = [mode] * len(images) if isinstance(mode, str) else list(mode)
         if len(modes) != len(images):
             raise ValueError(f"got {len(modes)} modes for {len(images)} images")
+        from .sources import expand_images
+
+        images, modes, labels = expand_images(images, modes)  # a PDF / multi-page TIFF path: its pages
         modes = [get_mode(m).name for m in modes]
         t0 = time.perf_counter()
         # one multi-threaded C++ call for all images (Python/PIL path when the extension is missing);
@@ -177,7 +183,7 @@ class DeepEncoder:
                                  dtype=self.dtype if self.dtype in (torch.float32, torch.bfloat16, torch.float16)
                                  else torch.float32)
         t_pre = time.perf_counter() - t0
-        return self.encode_views(views, sources=[_describe(x) for x in images], t_pre=t_pre)
+        return self.encode_views(views, sources=labels, t_pre=t_pre)
 
     @torch.inference_mode()
     def encode_views(self, views, sources: Optional[List[str]] = None, t_pre: float = 0.0) -> List[EncodedImage]:

@@ -106,13 +106,12 @@ def _pdfium():
 
 
 def _pdf_error(path: str, e: Exception) -> str:
+    # PDFium's last-error code is only a hint (a document with an empty page tree fails with a stale or
+    # "success" code), so the message names every cause that fits except for a clear password error.
     msg = str(e)
-    low = msg.lower()
-    if "password" in low:
+    if "password" in msg.lower():
         return f"{path}: PDF is encrypted (password required); decrypt it first (e.g. qpdf --decrypt)"
-    if "format" in low or "file" in low or "header" in low:
-        return f"{path}: cannot open PDF (corrupt or not a PDF: {msg})"
-    return f"{path}: cannot open PDF ({msg})"
+    return f"{path}: cannot open PDF: corrupt, not a PDF, or no pages ({msg})"
 
 
 def open_pdf(path: str):

@@ -6,11 +6,9 @@ can be checked exactly), hand-written PDF bytes for the encrypted / zero-page / 
 
 import numpy as np
 import pytest
+from PIL import Image
 
-pytest.importorskip("pypdfium2")
-from PIL import Image  # noqa: E402
-
-from deepencoder import sources  # noqa: E402
+from deepencoder import sources
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (90, 90, 90)]
 

@@ -261,7 +261,8 @@ def run_corpus(opts: CorpusOptions, log=_log) -> int:
     if gone:
         log(f"deepencoder: removed {len(gone)} temporary file(s) left by an interrupted run")
     prefix = store.finished_prefix(opts.out)
-    start_chunk = prefix["next_index"] // opts.batch_pages
+    # shards end on chunk boundaries (or at the corpus end): the next chunk starts at next_index
+    start_chunk = -(-prefix["next_index"] // opts.batch_pages)
     if opts.weights is None:
         log("WARNING: deepencoder: no --weights given: SEEDED RANDOM weights; token counts and shapes are "
             "real, the values are MEANINGLESS (recorded in run.json)")

@@ -225,8 +225,11 @@ def _summary(out_dir: str, seconds: float, new_pages: int, log) -> int:
     return 0
 
 
-def run_corpus(opts: CorpusOptions, log=_log) -> int:
-    """Run (or resume) a corpus job. Returns the exit code; raises CorpusError on user errors."""
+def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
+    """Run (or resume) a corpus job. Returns the exit code; raises CorpusError on user errors.
+
+    stats: an optional :class:`deepencoder.corpus.local.PipelineStats` the local engine fills (benchmarks).
+    """
     from ..sources import expand_inputs
 
     get_mode(opts.mode)
@@ -298,7 +301,8 @@ def run_corpus(opts: CorpusOptions, log=_log) -> int:
             log(f"deepencoder: {plan.total} pages from {len(plan.docs)} file(s), mode {opts.mode}, "
                 f"backend {enc.backend} on {enc.device} ({str(enc.dtype)[6:]}), {opts.workers} decode "
                 f"worker(s), batches of {opts.batch_pages} pages, shards of {opts.shard_pages} pages")
-            run_local(plan, chunks, enc, stage_opts, sink, workers=opts.workers, depth=opts.depth, overlap=opts.overlap)
+            run_local(plan, chunks, enc, stage_opts, sink, workers=opts.workers, depth=opts.depth,
+                      overlap=opts.overlap, stats=stats)
         else:
             from .ray_engine import run_ray
 

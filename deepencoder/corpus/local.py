@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -31,21 +32,33 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _warm(_) -> int:
+    """Import the decode stage's modules in a fresh worker (spawn start-up: seconds, once per worker)."""
+    from .. import preprocess, sources  # noqa: F401
+
+    return os.getpid()
+
+
 class PipelineStats:
-    """Wall time split of the encoder's thread: waiting for input vs working."""
+    """Wall time of the encoder's thread: ``encode`` seconds in encode_chunk, ``wait`` seconds blocked on
+    the queue. ``wait_share`` = 1 - encode / elapsed: the share of the run the encoder had no input
+    (in serial mode that is the decode + preprocess time)."""
 
     def __init__(self):
         self.t0 = time.perf_counter()
+        self.t1 = None
         self.wait = 0.0
+        self.encode = 0.0
         self.pages = 0
+        self.startup = 0.0  # decode workers' spawn + imports, before t0
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
+        return (self.t1 or time.perf_counter()) - self.t0
 
     @property
     def wait_share(self) -> float:
-        return self.wait / max(self.elapsed, 1e-9)
+        return max(0.0, 1.0 - self.encode / max(self.elapsed, 1e-9))
 
 
 def run_local(plan, chunks: Iterable[int], enc, opts, sink: Callable, workers: int = 2, depth: int = 4,
@@ -59,22 +72,39 @@ def run_local(plan, chunks: Iterable[int], enc, opts, sink: Callable, workers: i
     import torch
 
     stats = stats or PipelineStats()
+    stats.t0 = time.perf_counter()  # the pipeline's own time: planning and weight loading excluded
     pin = enc.device.type == "cuda"
     dtype = enc.dtype if enc.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
 
     def prep_of(j, decoded):
         return preprocess_chunk(plan.chunk(j), decoded, opts.mode, opts.max_tiles, dtype, opts.family, pin)
 
+    def encode(prep):
+        t = time.perf_counter()
+        out = encode_chunk(enc, prep, opts.store_dtype)
+        stats.encode += time.perf_counter() - t
+        return out
+
     if not overlap:
         for j in chunks:
-            rows, toks = encode_chunk(enc, prep_of(j, decode_chunk(plan.chunk(j), opts.dpi)), opts.store_dtype)
+            rows, toks = encode(prep_of(j, decode_chunk(plan.chunk(j), opts.dpi)))
             sink(rows, toks)
             stats.pages += len(rows)
+        stats.t1 = time.perf_counter()
         return stats
 
     q: "queue.Queue" = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) if workers > 0 else None
+    pool = None
+    if workers > 0:
+        pool = mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint)
+        try:  # start-up (spawn + imports) is paid before the clock starts; reported as startup_s
+            pool.map(_warm, range(workers), chunksize=1)
+        except BaseException:
+            pool.terminate()
+            raise
+        stats.startup = time.perf_counter() - stats.t0
+        stats.t0 = time.perf_counter()
 
     def put(x) -> bool:
         while not stop.is_set():
@@ -128,9 +158,10 @@ def run_local(plan, chunks: Iterable[int], enc, opts, sink: Callable, workers: i
                 break
             if isinstance(item, BaseException):
                 raise item
-            rows, toks = encode_chunk(enc, item, opts.store_dtype)
+            rows, toks = encode(item)
             sink(rows, toks)
             stats.pages += len(rows)
+        stats.t1 = time.perf_counter()
     finally:
         stop.set()
         if pool is not None:

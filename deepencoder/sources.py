@@ -60,26 +60,41 @@ def is_supported(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTS + PDF_EXTS)
 
 
-def parse_page_ranges(spec: str, n_pages: Optional[int] = None, what: str = "") -> List[int]:
-    """``"1,3-5,8-"`` → ``[1, 3, 4, 5, 8, ..., n_pages]`` (1-based, order kept, duplicates removed)."""
-    where = f"{what}: " if what else ""
+def _range_parts(spec: str, where: str) -> List[Tuple[int, Optional[int]]]:
+    """``"1,3-5,8-"`` → ``[(1, 1), (3, 5), (8, None)]``; ValueError on bad syntax or a downward range."""
     if not _RANGE_RE.match(spec):
         raise ValueError(f"{where}bad page range {spec!r} (expected e.g. 3, 3-7, 1,4-6 or 5-)")
-    out: List[int] = []
+    parts = []
     for part in spec.replace(" ", "").split(","):
         a, dash, b = part.partition("-")
-        lo = int(a)
-        if dash and not b:
-            if n_pages is None:
-                raise ValueError(f"{where}open range {part!r} needs the page count")
-            hi = n_pages
-        else:
-            hi = int(b) if dash else lo
-        if lo < 1 or hi < lo:
+        lo, hi = int(a), (int(b) if b else None) if dash else int(a)
+        if lo < 1 or (hi is not None and hi < lo):
             raise ValueError(f"{where}bad page range {part!r} (pages start at 1, ranges go up)")
-        if n_pages is not None and hi > n_pages:
-            raise ValueError(f"{where}page range {part!r} is past the end ({n_pages} page(s))")
-        out += [p for p in range(lo, hi + 1) if p not in out]
+        parts.append((lo, hi))
+    return parts
+
+
+def parse_page_ranges(spec: str, n_pages: Optional[int] = None, what: str = "", clip: bool = False) -> List[int]:
+    """``"1,3-5,8-"`` → ``[1, 3, 4, 5, 8, ..., n_pages]`` (1-based, order kept, duplicates removed).
+
+    A range past ``n_pages`` is an error, or with ``clip`` cut to the pages that exist (``--pages 1-3``
+    on a corpus means "at most the first three pages" of each document)."""
+    where = f"{what}: " if what else ""
+    out: List[int] = []
+    seen = set()
+    for lo, hi in _range_parts(spec, where):
+        if hi is None:
+            if n_pages is None:
+                raise ValueError(f"{where}open range {lo}- needs the page count")
+            hi = n_pages
+        if clip and n_pages is not None:
+            hi = min(hi, n_pages)
+        elif n_pages is not None and hi > n_pages:
+            raise ValueError(f"{where}page range {lo}-{hi} is past the end ({n_pages} page(s))")
+        for p in range(lo, hi + 1):
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
     return out
 
 
@@ -148,18 +163,17 @@ def count_pages(path: str) -> int:
     return 1
 
 
-def make_document(path: str, pages: Optional[str] = None) -> Document:
+def make_document(path: str, pages: Optional[str] = None, clip: bool = False) -> Document:
     """Probe ``path`` (page count only; nothing rendered). Unreadable files give a Document with ``error``.
 
-    ``pages`` selects pages of a multi-page document (ignored for single-page images unless it asks for
-    more than page 1).
+    ``pages`` selects pages (see :func:`parse_page_ranges`; ``clip`` drops pages past the end).
     """
     kind = "pdf" if _is_pdf(path) else ("multiframe" if path.lower().endswith(MULTIFRAME_EXTS) else "image")
     try:
         n = count_pages(path)
     except ValueError as e:
         return Document(path, kind, (), 0, str(e))
-    sel = tuple(parse_page_ranges(pages, n, path)) if pages else tuple(range(1, n + 1))
+    sel = tuple(parse_page_ranges(pages, n, path, clip)) if pages else tuple(range(1, n + 1))
     return Document(path, kind, sel, n)
 
 
@@ -183,26 +197,28 @@ def _read_list(path: str) -> List[str]:
     return out
 
 
-def expand_inputs(inputs: Sequence[str], recursive: bool = False, pages: Optional[str] = None,
-                  probe: bool = True) -> List[Document]:
+def expand_inputs(inputs: Sequence[str], recursive: bool = False, pages: Optional[str] = None) -> List[Document]:
     """CLI arguments → documents in a stable order (argument order; folders and globs sorted).
 
     Folders: supported files inside (``recursive`` descends). Globs: ``*``, ``?``, ``[`` (``**`` with
-    recursive matching). ``@file`` or a ``.txt``/``.lst`` file: one input per line. ``path:3-7``: pages.
-    A folder or glob matching nothing, or a missing file, raises FileNotFoundError naming it.
-    ``probe=False`` skips page counting (documents get ``n_pages=0``, ``pages=()``).
+    recursive matching). ``@file`` or a ``.txt``/``.lst`` file: one input per line. ``path:3-7``: those
+    pages (past the end: ValueError). ``pages``: for every multi-page document, cut to the pages it has (a
+    document left with none is skipped). A folder or glob matching nothing, or a missing file, raises
+    FileNotFoundError naming it.
     """
+    if pages:
+        _range_parts(pages, "--pages: ")  # syntax checked once, up front
     docs: List[Document] = []
 
     def add(path: str, spec: Optional[str]) -> None:
-        sel = spec or pages
-        if not probe:
-            docs.append(Document(path, "pdf" if _is_pdf(path) else "image", (), 0))
-            return
-        try:
-            docs.append(make_document(path, sel if (sel and (spec or _multi(path))) else None))
-        except ValueError as e:  # a bad range is the user's error, not the file's
-            raise ValueError(str(e)) from None
+        if spec:
+            docs.append(make_document(path, spec))
+        elif pages and _multi(path):
+            d = make_document(path, pages, clip=True)
+            if d.pages or d.error:
+                docs.append(d)
+        else:
+            docs.append(make_document(path))
 
     for arg in inputs:
         arg = os.fspath(arg)
@@ -210,7 +226,7 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False, pages: Optiona
             lst = arg[1:] if arg.startswith("@") else arg
             if not os.path.isfile(lst):
                 raise FileNotFoundError(f"list file not found: {lst}")
-            docs += expand_inputs(_read_list(lst), recursive, pages, probe)
+            docs += expand_inputs(_read_list(lst), recursive, pages)
             continue
         path, spec = split_page_spec(arg)
         if os.path.isdir(path):
@@ -231,7 +247,7 @@ def expand_inputs(inputs: Sequence[str], recursive: bool = False, pages: Optiona
         else:
             raise FileNotFoundError(f"input not found: {path}")
     if not docs:
-        raise FileNotFoundError("no inputs given")
+        raise FileNotFoundError("no inputs given" if not inputs else f"--pages {pages} selects no page of the inputs")
     return docs
 
 

@@ -84,6 +84,10 @@ def test_page_ranges(tmp_path):
     assert sources.parse_page_ranges("1,4-, 2", 6) == [1, 4, 5, 6, 2]
     docs = sources.expand_inputs([p + ":2-3", p], pages="5-6")
     assert [d.pages for d in docs] == [(2, 3), (5, 6)]  # the path's own range wins over --pages
+    short = str(solid_pdf(tmp_path / "short.pdf", [(40, 40)] * 2))
+    docs = sources.expand_inputs([p, short], pages="2-4")  # --pages: at most those pages of each document
+    assert [d.pages for d in docs] == [(2, 3, 4), (2,)]
+    assert [d.path for d in sources.expand_inputs([p, short], pages="3-")] == [p]  # short.pdf has no page 3
     with pytest.raises(ValueError, match=r"doc\.pdf.*past the end \(6 page"):
         sources.expand_inputs([p + ":5-9"])
     with pytest.raises(ValueError, match="bad page range"):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from ..modes import DEFAULT_MAX_TILES, MODES
 from ..sources import DEFAULT_DPI
-from .job import MODELS, CorpusError, CorpusOptions, run_corpus
+from .job import MODELS, CorpusError, CorpusOptions, Terminated, run_corpus
 
 
 def _default_workers() -> int:
@@ -71,13 +72,19 @@ def options_from_args(args) -> CorpusOptions:
 def cmd_encode_corpus(args) -> int:
     if args.dpi < 1:
         raise _cli_error(f"--dpi must be >= 1, got {args.dpi}")
+    def on_term(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)  # a scheduler's stop: same clean exit as Ctrl-C
     try:
         return run_corpus(options_from_args(args))
     except CorpusError as e:
         raise _cli_error(str(e)) from None
-    except KeyboardInterrupt:  # before the pipeline started (planning, loading weights)
-        print("deepencoder: interrupted before any shard was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # before the pipeline started (planning, loading weights)
+        print("deepencoder: interrupted before the encoder started; nothing written", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _cli_error(msg: str):

@@ -37,6 +37,10 @@ class CorpusError(Exception):
     """A user error: one clear line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job), handled like Ctrl-C; exit 143 instead of 130."""
+
+
 @dataclass
 class CorpusOptions:
     """Everything ``encode-corpus`` takes (see ``deepencoder encode-corpus --help``)."""
@@ -229,6 +233,8 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     """Run (or resume) a corpus job. Returns the exit code; raises CorpusError on user errors.
 
     stats: an optional :class:`deepencoder.corpus.local.PipelineStats` the local engine fills (benchmarks).
+    Decode workers are spawned processes: a script calling this with ``workers > 0`` needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     from ..sources import expand_inputs
 
@@ -307,12 +313,12 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
             from .ray_engine import run_ray
 
             run_ray(plan, chunks, opts, stage_opts, sink, ray_ctx)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         prog.close()
         store.remove_temporaries(opts.out)
         log(f"deepencoder: interrupted; {sink.k} finished shard(s) kept in {opts.out}; "
             "rerun the same command to resume")
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     finally:
         prog.close()
     store.write_manifest(opts.out, sink.k)

@@ -71,7 +71,7 @@ def options_from_args(args) -> CorpusOptions:
 
 def cmd_encode_corpus(args) -> int:
     if args.dpi < 1:
-        raise _cli_error(f"--dpi must be >= 1, got {args.dpi}")
+        return _user_error(f"--dpi must be >= 1, got {args.dpi}")
     def on_term(signum, frame):
         raise Terminated()
 
@@ -79,7 +79,7 @@ def cmd_encode_corpus(args) -> int:
     try:
         return run_corpus(options_from_args(args))
     except CorpusError as e:
-        raise _cli_error(str(e)) from None
+        return _user_error(str(e))
     except KeyboardInterrupt as e:  # before the pipeline started (planning, loading weights)
         print("deepencoder: interrupted before the encoder started; nothing written", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
@@ -87,7 +87,8 @@ def cmd_encode_corpus(args) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-def _cli_error(msg: str):
-    from ..cli import CLIError
-
-    return CLIError(msg)
+def _user_error(msg: str) -> int:
+    # printed here, not raised as deepencoder.cli.CLIError: under ``python -m deepencoder.cli`` that
+    # module is __main__ and its CLIError is another class
+    print(f"deepencoder: error: {msg}", file=sys.stderr)
+    return 2

@@ -249,6 +249,12 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CorpusError(str(e)) from None
     plan = Plan(docs, opts.batch_pages)
+    if opts.model != "ocr1":  # before run.json is written: a refused model must not pin the folder
+        from ..encoder import DeepEncoder
+
+        if not _accepts(DeepEncoder.__init__, "family"):
+            raise CorpusError(f"--model {opts.model} is not available in this deepencoder build "
+                              "(DeepEncoder has no model families yet); use --model ocr1")
     ray_ctx = None
     if opts.engine == "ray":
         from .ray_engine import connect
@@ -259,7 +265,11 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
         opts.resolved = resolve(opts)
     else:
         raise CorpusError(f"unknown --engine {opts.engine!r}: choose local or ray")
-    run = {"format": store.FORMAT, "options": run_options(opts, plan), "versions": store.versions(),
+    try:
+        options = run_options(opts, plan)
+    except (OSError, ValueError) as e:  # --weights missing or not a checkpoint
+        raise CorpusError(f"--weights: {e}") from None
+    run = {"format": store.FORMAT, "options": options, "versions": store.versions(),
            "random_weights": opts.weights is None, "weights_path": opts.weights,
            "pages_total": plan.total, "documents": len(plan.docs)}
     try:

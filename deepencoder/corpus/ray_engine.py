@@ -56,7 +56,6 @@ def _render_preprocess(batch, stage_opts, dtype_name: str):
         decoded = decode_chunk(items, stage_opts.dpi)
         prep = preprocess_chunk(items, decoded, stage_opts.mode, stage_opts.max_tiles, dtype,
                                 stage_opts.family, pin=False)
-        prep.decoded = [(i, None, e, s) for i, _, e, s in prep.decoded]  # pixels are in the views now
         payloads.append(pickle.dumps(prep, protocol=pickle.HIGHEST_PROTOCOL))
     return {"chunk": np.asarray(batch["chunk"]), "payload": np.array(payloads, dtype=object)}
 

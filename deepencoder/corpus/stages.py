@@ -115,6 +115,8 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
             for v in prep.views:
                 v.global_view = v.global_view.pin_memory()
                 v.tiles = v.tiles.pin_memory() if v.tiles is not None else None
+    # the pixels live on in the views: drop the decoded pages so a queued chunk holds one copy
+    prep.decoded = [(i, None, e, sec) for i, _, e, sec in prep.decoded]
     prep.seconds = time.perf_counter() - t0
     return prep
 

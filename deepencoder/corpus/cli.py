@@ -23,7 +23,8 @@ def _default_workers() -> int:
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("encode-corpus", help="encode folders of PDFs/images into resumable token shards",
                        description="Encode PDFs and images into token shards plus a Parquet manifest. "
-                       "Rerun the same command to resume; exit 1 when some pages failed, 130 when interrupted.")
+                       "Rerun the same command to resume. Exit: 0 done, 1 some pages failed, 2 usage error, "
+                       "3 stopped on an error, 130 Ctrl-C, 143 SIGTERM.")
     p.add_argument("inputs", nargs="+", help="files, folders, globs, doc.pdf:3-7 page ranges, @list.txt")
     p.add_argument("--out", required=True, help="output folder (shards, manifest, run.json)")
     p.add_argument("--mode", default="base", choices=list(MODES))

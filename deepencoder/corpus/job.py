@@ -1,7 +1,8 @@
 """One corpus job, whatever the engine: plan → run.json check → resume → encode → shards → summary.
 
 Exit codes of :func:`run_corpus`: 0 all pages encoded; 1 some pages failed (listed in the summary and
-in the manifest); 130 interrupted (finished shards kept, rerun to resume). User errors raise
+in the manifest); 3 the run stopped on an error (e.g. CUDA out of memory; finished shards kept);
+130 Ctrl-C, 143 SIGTERM (finished shards kept, rerun to resume). User errors raise
 :class:`CorpusError` (one line; the CLI turns it into exit 2).
 """
 
@@ -329,6 +330,14 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
         log(f"deepencoder: interrupted; {sink.k} finished shard(s) kept in {opts.out}; "
             "rerun the same command to resume")
         return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory: one line, the finished shards stay
+        prog.close()
+        store.remove_temporaries(opts.out)
+        if os.environ.get("DEEPENCODER_DEBUG"):
+            raise
+        log(f"deepencoder: error: the run stopped: {type(e).__name__}: {' '.join(str(e).split())[:500]}; "
+            f"{sink.k} finished shard(s) kept in {opts.out}; rerun to resume (DEEPENCODER_DEBUG=1 for a traceback)")
+        return 3
     finally:
         prog.close()
     store.write_manifest(opts.out, sink.k)

@@ -48,13 +48,28 @@ def child(args) -> None:
                          shard_pages=args.shard_pages, workers=args.workers, overlap=args.variant == "overlap",
                          progress_interval=-1, device=args.device)
     rc = run_corpus(opts, log=lambda m: None, stats=stats)
-    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
     print(json.dumps({"rc": rc, "pages": stats.pages, "seconds": round(stats.elapsed, 3),
                       "pages_per_s": round(stats.pages / stats.elapsed, 3),
                       "encoder_wait_share": round(stats.wait_share, 3), "startup_s": round(stats.startup, 2),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 2**20, 1),
+                      "peak_rss_mb": _peak_rss_mb(),
                       "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                                                    * kib / 2**20, 1)}))
+                                                    * _KIB / 2**20, 1)}))
+
+
+_KIB = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: KiB on Linux, bytes on macOS
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux: VmHWM, not ru_maxrss: ru_maxrss survives execve, so a child
+    started from a big parent would report the parent's size at fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB / 2**20, 1)
 
 
 def main(argv=None) -> int:

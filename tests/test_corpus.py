@@ -265,3 +265,27 @@ def test_ray_engine_gives_the_local_engines_bytes(corpus, tmp_path):
     assert _files(ray_out) == _files(local_out)
     assert _shard_bytes(ray_out) == _shard_bytes(local_out)
     assert manifest_digest(str(ray_out)) == manifest_digest(str(local_out))
+
+
+def test_error_mid_run_is_one_line_keeps_shards_and_resumes(corpus, reference_run, tmp_path, monkeypatch):
+    from deepencoder.corpus import local
+
+    ref, _, _ = reference_run
+    out = tmp_path / "out"
+    real = local.encode_chunk
+
+    def failing(enc, prep, dtype):
+        if prep.items[0].index >= 8:
+            raise RuntimeError("CUDA out of memory (simulated)\nsecond line")
+        return real(enc, prep, dtype)
+
+    monkeypatch.setattr(local, "encode_chunk", failing)
+    logs = []
+    assert run_corpus(_opts([corpus], out), log=logs.append) == 3
+    assert "RuntimeError: CUDA out of memory (simulated) second line" in logs[-1] and "2 finished shard(s)" in logs[-1]
+    assert _files(out) == ["manifest/part-00000.parquet", "manifest/part-00001.parquet", "run.json",
+                           "tokens-00000.safetensors", "tokens-00001.safetensors"]
+    monkeypatch.setattr(local, "encode_chunk", real)
+    assert run_corpus(_opts([corpus], out), log=logs.append) == 1
+    assert _shard_bytes(out) == _shard_bytes(ref)
+    assert manifest_digest(str(out)) == manifest_digest(str(ref))

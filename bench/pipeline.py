@@ -8,7 +8,9 @@ Each row runs in a fresh subprocess (so peak RSS is that run's alone) on a gener
 150 dpi (JPEG-compressed page images, as scans are) of 4 pages each. Rows: ``variant`` (serial: decode,
 preprocess, encode one after another on one thread; overlap: decode worker processes + preprocess thread +
 encoder), ``pages``, ``seconds``, ``pages_per_s``, ``encoder_wait_share`` (1 - encoder busy time / wall
-time), ``startup_s`` (decode workers' spawn and imports, paid once, outside ``seconds``), ``peak_rss_mb`` (main process), ``peak_rss_children_mb`` (largest decode worker).
+time), ``startup_s`` (decode workers' spawn and imports, paid once, outside ``seconds``), ``peak_rss_mb``
+(main process, VmHWM), ``peak_rss_children_mb`` (largest decode worker; ru_maxrss, which on Linux also
+counts the parent's size when the worker was forked: an upper bound).
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class Prepared:
     views: list = field(default_factory=list)
     errors: dict = field(default_factory=dict)  # position in chunk -> reason
     seconds: float = 0.0
+    ready: object = None  # CUDA event: the views' async upload finished (local engine on CUDA)
 
 
 def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode: str, max_tiles: int,

@@ -76,9 +76,10 @@ class ChunkEncoder:
         for payload in batch["payload"]:
             prep = pickle.loads(payload)
             if self.enc.device.type == "cuda":  # async host→GPU copies from page-locked memory
+                dev = self.enc.device
                 for v in prep.views:
-                    v.global_view = v.global_view.pin_memory()
-                    v.tiles = v.tiles.pin_memory() if v.tiles is not None else None
+                    v.global_view = v.global_view.pin_memory().to(dev, non_blocking=True)
+                    v.tiles = v.tiles.pin_memory().to(dev, non_blocking=True) if v.tiles is not None else None
             rows, tokens = encode_chunk(self.enc, prep, self.stage_opts.store_dtype)
             results.append(pickle.dumps((rows, tokens), protocol=pickle.HIGHEST_PROTOCOL))
         return {"chunk": np.asarray(batch["chunk"]), "result": np.array(results, dtype=object)}

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..modes import DEFAULT_MAX_TILES, get_mode
+from .. import modes as _modes
 from ..sources import DEFAULT_DPI
 from . import store
 from .plan import Plan
@@ -48,8 +48,8 @@ class CorpusOptions:
 
     inputs: List[str]
     out: str
-    mode: str = "base"
-    max_tiles: int = DEFAULT_MAX_TILES
+    mode: Optional[str] = None  # None: the family's default (ocr1 base, ocr2 gundam)
+    max_tiles: Optional[int] = None  # None: the family's default (9 ocr1, 6 ocr2)
     dpi: int = DEFAULT_DPI
     pages: Optional[str] = None
     recursive: bool = False
@@ -104,9 +104,26 @@ def resolve(opts: CorpusOptions, cuda: Optional[bool] = None) -> dict:
     return {"device": device, "dtype": dtype, "backend": backend, "store_dtype": opts.store_dtype or dtype}
 
 
+def resolve_mode(opts: CorpusOptions) -> None:
+    """Fill ``opts.mode`` / ``opts.max_tiles`` from the family's defaults where the package has them
+    (``modes.DEFAULT_MODE``, ``Mode.max_tiles``), checking the mode against the family."""
+    fam_kw = {"family": opts.model} if _accepts(_modes.get_mode, "family") else {}
+    if opts.mode is None:
+        opts.mode = getattr(_modes, "DEFAULT_MODE", {}).get(opts.model, "base")
+    try:
+        m = _modes.get_mode(opts.mode, **fam_kw)
+    except ValueError as e:
+        raise CorpusError(str(e)) from None
+    opts.mode = m.name
+    if opts.max_tiles is None:
+        opts.max_tiles = int(getattr(m, "max_tiles", None) or _modes.DEFAULT_MAX_TILES)
+
+
 def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
     """The encoder for ``opts`` (weights loaded once). ``--model`` goes to ``DeepEncoder(family=...)``."""
-    from ..config import DeepEncoderConfig
+    import warnings
+
+    from .. import config as _config
     from ..encoder import DeepEncoder
 
     kw = {}
@@ -115,10 +132,15 @@ def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
     elif opts.model != "ocr1":
         raise CorpusError(f"--model {opts.model} is not available in this deepencoder build "
                           "(DeepEncoder has no model families yet); use --model ocr1")
-    cfg = DeepEncoderConfig.small_test() if opts.config == "small-test" else None
+    cfg = None
+    if opts.config == "small-test":
+        fc = getattr(_config, "family_config", None)
+        cfg = fc(opts.model, small=True) if fc is not None else _config.DeepEncoderConfig.small_test()
     r = opts.resolved or resolve(opts)
-    return DeepEncoder(config=cfg, weights=opts.weights, device=device or r["device"], dtype=r["dtype"],
-                       backend=opts.backend, seed=opts.seed, cuda_graphs=opts.cuda_graphs, **kw)
+    with warnings.catch_warnings():  # the run prints its own random-weights notice (and records it)
+        warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+        return DeepEncoder(config=cfg, weights=opts.weights, device=device or r["device"], dtype=r["dtype"],
+                           backend=opts.backend, seed=opts.seed, cuda_graphs=opts.cuda_graphs, **kw)
 
 
 def run_options(opts: CorpusOptions, plan: Plan) -> dict:
@@ -239,9 +261,9 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     """
     from ..sources import expand_inputs
 
-    get_mode(opts.mode)
     if opts.model not in MODELS:
         raise CorpusError(f"unknown --model {opts.model!r}: choose one of {', '.join(MODELS)}")
+    resolve_mode(opts)
     for name in ("batch_pages", "shard_pages", "depth"):
         if getattr(opts, name) < 1:
             raise CorpusError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")

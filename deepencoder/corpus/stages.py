@@ -97,11 +97,14 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
     pos = [i for i, d in enumerate(decoded) if d[1] is not None]
     arrays = [decoded[i][1] for i in pos]
     kw = _family_kw(preprocess_batch, family)
+    # the pinned buffer's layout is views_numel's: usable when it knows the family (or the family is ocr1)
+    sized = family == "ocr1" or "family" in _family_kw(views_numel, family)
     if arrays:
         try:
             out = None
-            if pin and family == "ocr1":  # the buffer layout is views_numel's (ocr1 views)
-                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles) for a in arrays)
+            if pin and sized:
+                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles, **_family_kw(views_numel, family))
+                           for a in arrays)
                 out = torch.empty(need, dtype=dtype, pin_memory=True)
             views = preprocess_batch(arrays, mode, max_tiles=max_tiles, dtype=dtype, out=out, **kw)
             prep.ok, prep.views = pos, views
@@ -112,7 +115,7 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
                     prep.ok.append(i)
                 except Exception as e:  # noqa: BLE001
                     prep.errors[i] = "preprocessing failed: " + _reason(e)
-        if pin and family != "ocr1":
+        if pin and not sized:
             for v in prep.views:
                 v.global_view = v.global_view.pin_memory()
                 v.tiles = v.tiles.pin_memory() if v.tiles is not None else None

@@ -26,9 +26,13 @@ from .plan import PageItem
 Decoded = Tuple[int, Optional[np.ndarray], str, float]
 
 
+MAX_ERROR_CHARS = 500  # a manifest cell, not a dump (some errors print whole arrays)
+
+
 def _reason(e: BaseException) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {msg}"
+    msg = msg if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {msg}"
+    return msg if len(msg) <= MAX_ERROR_CHARS else msg[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def decode_chunk(items: Sequence[PageItem], dpi: int) -> List[Decoded]:

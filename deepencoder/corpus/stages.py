@@ -112,12 +112,12 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
                 out = torch.empty(need, dtype=dtype, pin_memory=True)
             views = preprocess_batch(arrays, mode, max_tiles=max_tiles, dtype=dtype, out=out, **kw)
             prep.ok, prep.views = pos, views
-        except Exception:  # noqa: BLE001 - find the page(s) at fault, keep the rest
+        except (ValueError, OSError):  # find the page(s) at fault, keep the rest
             for i, a in zip(pos, arrays):
                 try:
                     prep.views.append(preprocess_batch([a], mode, max_tiles=max_tiles, dtype=dtype, **kw)[0])
                     prep.ok.append(i)
-                except Exception as e:  # noqa: BLE001
+                except (ValueError, OSError) as e:  # a page's content (size limits); anything else is ours
                     prep.errors[i] = "preprocessing failed: " + _reason(e)
         if pin and not sized:
             for v in prep.views:

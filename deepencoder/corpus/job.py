@@ -192,17 +192,24 @@ class ShardAssembler:
 class Progress:
     """tqdm bar on a terminal; otherwise a plain line every ``interval`` seconds (logs, CI, nohup)."""
 
-    def __init__(self, total: int, done: int, failed: int, interval: float, stream=None):
+    def __init__(self, total: int, done: int, failed: int, interval: float, stream=None, start: bool = True):
         self.stream = stream or sys.stderr
         self.total, self.done, self.failed, self.start_done = total, done, failed, done
-        self.interval, self.t0, self.last = interval, time.perf_counter(), time.perf_counter()
+        self.interval = interval
+        self.t0 = self.last = time.perf_counter()
         self.bar = None
-        if self.stream.isatty():
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the clock (and the bar on a terminal)."""
+        self.t0 = self.last = time.perf_counter()
+        if self.stream.isatty() and self.bar is None:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=done, unit="page", file=self.stream, dynamic_ncols=True,
-                                desc="encode-corpus")
+                self.bar = tqdm(total=self.total, initial=self.done, unit="page", file=self.stream,
+                                dynamic_ncols=True, desc="encode-corpus")
             except ImportError:
                 self.bar = None
 
@@ -327,7 +334,7 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
 
     r = opts.resolved
     store_dtype = getattr(torch, r["store_dtype"])
-    prog = Progress(plan.total, prefix["next_index"], failed_before, opts.progress_interval)
+    prog = Progress(plan.total, prefix["next_index"], failed_before, opts.progress_interval, start=False)
     sink = ShardAssembler(opts.out, prefix["shards"], plan.total, None, store_dtype, opts.shard_pages,
                           opts.shard_bytes, on_rows=prog.update)
     chunks = range(start_chunk, plan.n_chunks)
@@ -340,11 +347,13 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
             log(f"deepencoder: {plan.total} pages from {len(plan.docs)} file(s), mode {opts.mode}, "
                 f"backend {enc.backend} on {enc.device} ({str(enc.dtype)[6:]}), {opts.workers} decode "
                 f"worker(s), batches of {opts.batch_pages} pages, shards of {opts.shard_pages} pages")
+            prog.start()  # the bar after the log lines, not between them
             run_local(plan, chunks, enc, stage_opts, sink, workers=opts.workers, depth=opts.depth,
                       overlap=opts.overlap, stats=stats)
         else:
             from .ray_engine import run_ray
 
+            prog.start()
             run_ray(plan, chunks, opts, stage_opts, sink, ray_ctx)
     except KeyboardInterrupt as e:
         prog.close()

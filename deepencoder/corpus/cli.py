@@ -44,6 +44,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="Ray encoder actors")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
     p.add_argument("--cpu-tasks", type=int, default=2, help="Ray render/preprocess tasks in parallel")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU encoder (default: torch's; "
+                   "CPU results are bit-identical only at equal thread counts)")
     p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="dtype of stored tokens (default: the encoder's)")
     p.add_argument("--progress-interval", type=float, default=10.0,
@@ -67,7 +69,7 @@ def options_from_args(args) -> CorpusOptions:
         model=args.model, config=args.config, weights=args.weights, seed=args.seed, backend=args.backend,
         device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, cuda_graphs=args.cuda_graphs,
         engine=args.engine, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-        cpu_tasks=args.cpu_tasks, progress_interval=args.progress_interval)
+        cpu_tasks=args.cpu_tasks, threads=args.threads, progress_interval=args.progress_interval)
 
 
 def cmd_encode_corpus(args) -> int:

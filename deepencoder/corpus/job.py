@@ -73,6 +73,7 @@ class CorpusOptions:
     actors: int = 1
     gpus_per_actor: Optional[float] = None
     cpu_tasks: int = 2
+    threads: Optional[int] = None  # torch threads of a CPU encoder (None: torch's default)
     progress_interval: float = 10.0
     resolved: dict = field(default_factory=dict)
 
@@ -137,10 +138,20 @@ def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
         fc = getattr(_config, "family_config", None)
         cfg = fc(opts.model, small=True) if fc is not None else _config.DeepEncoderConfig.small_test()
     r = opts.resolved or resolve(opts)
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
     with warnings.catch_warnings():  # the run prints its own random-weights notice (and records it)
         warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
         return DeepEncoder(config=cfg, weights=opts.weights, device=device or r["device"], dtype=r["dtype"],
                            backend=opts.backend, seed=opts.seed, cuda_graphs=opts.cuda_graphs, **kw)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_options(opts: CorpusOptions, plan: Plan) -> dict:
@@ -301,7 +312,8 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
         raise CorpusError(f"--weights: {e}") from None
     run = {"format": store.FORMAT, "options": options, "versions": store.versions(),
            "random_weights": opts.weights is None, "weights_path": opts.weights,
-           "pages_total": plan.total, "documents": len(plan.docs)}
+           "pages_total": plan.total, "documents": len(plan.docs), "engine": opts.engine,
+           "cpu_threads": opts.threads or _torch_threads()}
     try:
         resuming = store.check_or_write_run(opts.out, run)
     except store.OptionsMismatch as e:

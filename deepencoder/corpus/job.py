@@ -318,6 +318,14 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
         resuming = store.check_or_write_run(opts.out, run)
     except store.OptionsMismatch as e:
         raise CorpusError(str(e)) from None
+    if resuming and run["options"]["device"] == "cpu":
+        import json
+
+        with open(os.path.join(opts.out, "run.json"), encoding="utf-8") as f:
+            first = json.load(f).get("cpu_threads")
+        if first and first != run["cpu_threads"]:
+            log(f"deepencoder: note: this run uses {run['cpu_threads']} CPU thread(s), the first used {first}: "
+                "new shards may differ in the last bits from an uninterrupted run (--threads to match)")
     gone = store.remove_temporaries(opts.out)
     if gone:
         log(f"deepencoder: removed {len(gone)} temporary file(s) left by an interrupted run")

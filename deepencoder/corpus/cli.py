@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 
-from ..modes import DEFAULT_MAX_TILES, MODES
 from ..sources import DEFAULT_DPI
 from .job import MODELS, CorpusError, CorpusOptions, Terminated, run_corpus
 
@@ -27,12 +26,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        "3 stopped on an error, 130 Ctrl-C, 143 SIGTERM.")
     p.add_argument("inputs", nargs="+", help="files, folders, globs, doc.pdf:3-7 page ranges, @list.txt")
     p.add_argument("--out", required=True, help="output folder (shards, manifest, run.json)")
-    p.add_argument("--mode", default="base", choices=list(MODES))
+    p.add_argument("--mode", default=None, help="tiny|small|base|large|gundam (ocr2: base|gundam); "
+                   "default: the family's (ocr1 base, ocr2 gundam)")
     p.add_argument("--model", default="ocr1", choices=list(MODELS), help="model family (DeepSeek-OCR 1 or 2)")
     p.add_argument("--pages", default=None, help="pages of every multi-page document, e.g. 1-5,9")
     p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="PDF render resolution (upstream: 144)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    p.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, help="Gundam tile MAX (HF 9, vLLM 6)")
+    p.add_argument("--max-tiles", type=int, default=None, help="Gundam tile MAX (default: the family's)")
     p.add_argument("--shard-pages", type=int, default=256, help="pages per shard (rounded up to whole batches)")
     p.add_argument("--shard-bytes", type=int, default=0, help="also close a shard at this many token bytes")
     p.add_argument("--batch-pages", type=int, default=8, help="pages per encoder batch (all their tiles)")
@@ -44,6 +44,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=1, help="Ray encoder actors")
     p.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
     p.add_argument("--cpu-tasks", type=int, default=2, help="Ray render/preprocess tasks in parallel")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of a CPU encoder (default: torch's; "
+                   "CPU results are bit-identical only at equal thread counts)")
     p.add_argument("--store-dtype", default=None, choices=["float32", "float16", "bfloat16"],
                    help="dtype of stored tokens (default: the encoder's)")
     p.add_argument("--progress-interval", type=float, default=10.0,
@@ -67,7 +69,7 @@ def options_from_args(args) -> CorpusOptions:
         model=args.model, config=args.config, weights=args.weights, seed=args.seed, backend=args.backend,
         device=args.device, dtype=args.dtype, store_dtype=args.store_dtype, cuda_graphs=args.cuda_graphs,
         engine=args.engine, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-        cpu_tasks=args.cpu_tasks, progress_interval=args.progress_interval)
+        cpu_tasks=args.cpu_tasks, threads=args.threads, progress_interval=args.progress_interval)
 
 
 def cmd_encode_corpus(args) -> int:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..modes import DEFAULT_MAX_TILES, get_mode
+from .. import modes as _modes
 from ..sources import DEFAULT_DPI
 from . import store
 from .plan import Plan
@@ -48,8 +48,8 @@ class CorpusOptions:
 
     inputs: List[str]
     out: str
-    mode: str = "base"
-    max_tiles: int = DEFAULT_MAX_TILES
+    mode: Optional[str] = None  # None: the family's default (ocr1 base, ocr2 gundam)
+    max_tiles: Optional[int] = None  # None: the family's default (9 ocr1, 6 ocr2)
     dpi: int = DEFAULT_DPI
     pages: Optional[str] = None
     recursive: bool = False
@@ -73,6 +73,7 @@ class CorpusOptions:
     actors: int = 1
     gpus_per_actor: Optional[float] = None
     cpu_tasks: int = 2
+    threads: Optional[int] = None  # torch threads of a CPU encoder (None: torch's default)
     progress_interval: float = 10.0
     resolved: dict = field(default_factory=dict)
 
@@ -104,9 +105,26 @@ def resolve(opts: CorpusOptions, cuda: Optional[bool] = None) -> dict:
     return {"device": device, "dtype": dtype, "backend": backend, "store_dtype": opts.store_dtype or dtype}
 
 
+def resolve_mode(opts: CorpusOptions) -> None:
+    """Fill ``opts.mode`` / ``opts.max_tiles`` from the family's defaults where the package has them
+    (``modes.DEFAULT_MODE``, ``Mode.max_tiles``), checking the mode against the family."""
+    fam_kw = {"family": opts.model} if _accepts(_modes.get_mode, "family") else {}
+    if opts.mode is None:
+        opts.mode = getattr(_modes, "DEFAULT_MODE", {}).get(opts.model, "base")
+    try:
+        m = _modes.get_mode(opts.mode, **fam_kw)
+    except ValueError as e:
+        raise CorpusError(str(e)) from None
+    opts.mode = m.name
+    if opts.max_tiles is None:
+        opts.max_tiles = int(getattr(m, "max_tiles", None) or _modes.DEFAULT_MAX_TILES)
+
+
 def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
     """The encoder for ``opts`` (weights loaded once). ``--model`` goes to ``DeepEncoder(family=...)``."""
-    from ..config import DeepEncoderConfig
+    import warnings
+
+    from .. import config as _config
     from ..encoder import DeepEncoder
 
     kw = {}
@@ -115,10 +133,25 @@ def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
     elif opts.model != "ocr1":
         raise CorpusError(f"--model {opts.model} is not available in this deepencoder build "
                           "(DeepEncoder has no model families yet); use --model ocr1")
-    cfg = DeepEncoderConfig.small_test() if opts.config == "small-test" else None
+    cfg = None
+    if opts.config == "small-test":
+        fc = getattr(_config, "family_config", None)
+        cfg = fc(opts.model, small=True) if fc is not None else _config.DeepEncoderConfig.small_test()
     r = opts.resolved or resolve(opts)
-    return DeepEncoder(config=cfg, weights=opts.weights, device=device or r["device"], dtype=r["dtype"],
-                       backend=opts.backend, seed=opts.seed, cuda_graphs=opts.cuda_graphs, **kw)
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    with warnings.catch_warnings():  # the run prints its own random-weights notice (and records it)
+        warnings.filterwarnings("ignore", message=".*RANDOM weights.*")
+        return DeepEncoder(config=cfg, weights=opts.weights, device=device or r["device"], dtype=r["dtype"],
+                           backend=opts.backend, seed=opts.seed, cuda_graphs=opts.cuda_graphs, **kw)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def run_options(opts: CorpusOptions, plan: Plan) -> dict:
@@ -170,17 +203,24 @@ class ShardAssembler:
 class Progress:
     """tqdm bar on a terminal; otherwise a plain line every ``interval`` seconds (logs, CI, nohup)."""
 
-    def __init__(self, total: int, done: int, failed: int, interval: float, stream=None):
+    def __init__(self, total: int, done: int, failed: int, interval: float, stream=None, start: bool = True):
         self.stream = stream or sys.stderr
         self.total, self.done, self.failed, self.start_done = total, done, failed, done
-        self.interval, self.t0, self.last = interval, time.perf_counter(), time.perf_counter()
+        self.interval = interval
+        self.t0 = self.last = time.perf_counter()
         self.bar = None
-        if self.stream.isatty():
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the clock (and the bar on a terminal)."""
+        self.t0 = self.last = time.perf_counter()
+        if self.stream.isatty() and self.bar is None:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=done, unit="page", file=self.stream, dynamic_ncols=True,
-                                desc="encode-corpus")
+                self.bar = tqdm(total=self.total, initial=self.done, unit="page", file=self.stream,
+                                dynamic_ncols=True, desc="encode-corpus")
             except ImportError:
                 self.bar = None
 
@@ -239,9 +279,9 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     """
     from ..sources import expand_inputs
 
-    get_mode(opts.mode)
     if opts.model not in MODELS:
         raise CorpusError(f"unknown --model {opts.model!r}: choose one of {', '.join(MODELS)}")
+    resolve_mode(opts)
     for name in ("batch_pages", "shard_pages", "depth"):
         if getattr(opts, name) < 1:
             raise CorpusError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opts, name)}")
@@ -272,11 +312,20 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
         raise CorpusError(f"--weights: {e}") from None
     run = {"format": store.FORMAT, "options": options, "versions": store.versions(),
            "random_weights": opts.weights is None, "weights_path": opts.weights,
-           "pages_total": plan.total, "documents": len(plan.docs)}
+           "pages_total": plan.total, "documents": len(plan.docs), "engine": opts.engine,
+           "cpu_threads": opts.threads or _torch_threads()}
     try:
         resuming = store.check_or_write_run(opts.out, run)
     except store.OptionsMismatch as e:
         raise CorpusError(str(e)) from None
+    if resuming and run["options"]["device"] == "cpu":
+        import json
+
+        with open(os.path.join(opts.out, "run.json"), encoding="utf-8") as f:
+            first = json.load(f).get("cpu_threads")
+        if first and first != run["cpu_threads"]:
+            log(f"deepencoder: note: this run uses {run['cpu_threads']} CPU thread(s), the first used {first}: "
+                "new shards may differ in the last bits from an uninterrupted run (--threads to match)")
     gone = store.remove_temporaries(opts.out)
     if gone:
         log(f"deepencoder: removed {len(gone)} temporary file(s) left by an interrupted run")
@@ -305,7 +354,7 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
 
     r = opts.resolved
     store_dtype = getattr(torch, r["store_dtype"])
-    prog = Progress(plan.total, prefix["next_index"], failed_before, opts.progress_interval)
+    prog = Progress(plan.total, prefix["next_index"], failed_before, opts.progress_interval, start=False)
     sink = ShardAssembler(opts.out, prefix["shards"], plan.total, None, store_dtype, opts.shard_pages,
                           opts.shard_bytes, on_rows=prog.update)
     chunks = range(start_chunk, plan.n_chunks)
@@ -318,11 +367,13 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
             log(f"deepencoder: {plan.total} pages from {len(plan.docs)} file(s), mode {opts.mode}, "
                 f"backend {enc.backend} on {enc.device} ({str(enc.dtype)[6:]}), {opts.workers} decode "
                 f"worker(s), batches of {opts.batch_pages} pages, shards of {opts.shard_pages} pages")
+            prog.start()  # the bar after the log lines, not between them
             run_local(plan, chunks, enc, stage_opts, sink, workers=opts.workers, depth=opts.depth,
                       overlap=opts.overlap, stats=stats)
         else:
             from .ray_engine import run_ray
 
+            prog.start()
             run_ray(plan, chunks, opts, stage_opts, sink, ray_ctx)
     except KeyboardInterrupt as e:
         prog.close()

@@ -63,9 +63,13 @@ def _render_preprocess(batch, stage_opts, dtype_name: str):
 class ChunkEncoder:
     """GPU stage (a Ray Data callable class): one encoder per actor, built once in ``__init__``."""
 
-    def __init__(self, opts, stage_opts, device: str):
+    def __init__(self, opts, stage_opts, device: str, threads: int):
+        import torch
+
         from .job import build_encoder
 
+        if device == "cpu":  # the driver's thread count: CPU reductions, hence the bytes, depend on it
+            torch.set_num_threads(threads)
         self.enc = build_encoder(opts, device=device)
         self.stage_opts = stage_opts
 
@@ -76,9 +80,10 @@ class ChunkEncoder:
         for payload in batch["payload"]:
             prep = pickle.loads(payload)
             if self.enc.device.type == "cuda":  # async host→GPU copies from page-locked memory
+                dev = self.enc.device
                 for v in prep.views:
-                    v.global_view = v.global_view.pin_memory()
-                    v.tiles = v.tiles.pin_memory() if v.tiles is not None else None
+                    v.global_view = v.global_view.pin_memory().to(dev, non_blocking=True)
+                    v.tiles = v.tiles.pin_memory().to(dev, non_blocking=True) if v.tiles is not None else None
             rows, tokens = encode_chunk(self.enc, prep, self.stage_opts.store_dtype)
             results.append(pickle.dumps((rows, tokens), protocol=pickle.HIGHEST_PROTOCOL))
         return {"chunk": np.asarray(batch["chunk"]), "result": np.array(results, dtype=object)}
@@ -93,8 +98,13 @@ def run_ray(plan, chunks, opts, stage_opts, sink, ctx) -> None:
     rows = [{"chunk": int(j), "items": json.dumps([asdict(it) for it in plan.chunk(j)])} for j in chunks]
     if not rows:
         return
+    import torch
+
     gpus = ctx["gpus_per_actor"]
     device = "cuda" if gpus > 0 else "cpu"
+    # a CPU encoder runs as many torch threads as the local engine would here (Ray would give it one),
+    # so both engines do the same arithmetic and write the same bytes
+    threads = opts.threads or torch.get_num_threads()
     # the actors need no Ray handle: a plain copy of the options (resolved dtype/backend included)
     actor_opts = replace(opts, inputs=list(opts.inputs))
     ds = ray.data.from_items(rows)
@@ -102,7 +112,8 @@ def run_ray(plan, chunks, opts, stage_opts, sink, ctx) -> None:
                         fn_kwargs={"stage_opts": stage_opts, "dtype_name": opts.resolved["dtype"]},
                         compute=ray.data.TaskPoolStrategy(size=max(1, opts.cpu_tasks)), num_cpus=1)
     ds = ds.map_batches(ChunkEncoder, batch_size=1, batch_format="numpy",
-                        fn_constructor_kwargs={"opts": actor_opts, "stage_opts": stage_opts, "device": device},
+                        fn_constructor_kwargs={"opts": actor_opts, "stage_opts": stage_opts, "device": device,
+                                               "threads": threads},
                         compute=ray.data.ActorPoolStrategy(size=max(1, opts.actors)), num_gpus=gpus,
                         num_cpus=1)
     for row in ds.iter_rows():

@@ -26,9 +26,13 @@ from .plan import PageItem
 Decoded = Tuple[int, Optional[np.ndarray], str, float]
 
 
+MAX_ERROR_CHARS = 500  # a manifest cell, not a dump (some errors print whole arrays)
+
+
 def _reason(e: BaseException) -> str:
     msg = " ".join(str(e).split()) or type(e).__name__
-    return msg if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {msg}"
+    msg = msg if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {msg}"
+    return msg if len(msg) <= MAX_ERROR_CHARS else msg[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def decode_chunk(items: Sequence[PageItem], dpi: int) -> List[Decoded]:
@@ -82,6 +86,7 @@ class Prepared:
     views: list = field(default_factory=list)
     errors: dict = field(default_factory=dict)  # position in chunk -> reason
     seconds: float = 0.0
+    ready: object = None  # CUDA event: the views' async upload finished (local engine on CUDA)
 
 
 def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode: str, max_tiles: int,
@@ -96,22 +101,25 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
     pos = [i for i, d in enumerate(decoded) if d[1] is not None]
     arrays = [decoded[i][1] for i in pos]
     kw = _family_kw(preprocess_batch, family)
+    # the pinned buffer's layout is views_numel's: usable when it knows the family (or the family is ocr1)
+    sized = family == "ocr1" or "family" in _family_kw(views_numel, family)
     if arrays:
         try:
             out = None
-            if pin and family == "ocr1":  # the buffer layout is views_numel's (ocr1 views)
-                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles) for a in arrays)
+            if pin and sized:
+                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles, **_family_kw(views_numel, family))
+                           for a in arrays)
                 out = torch.empty(need, dtype=dtype, pin_memory=True)
             views = preprocess_batch(arrays, mode, max_tiles=max_tiles, dtype=dtype, out=out, **kw)
             prep.ok, prep.views = pos, views
-        except Exception:  # noqa: BLE001 - find the page(s) at fault, keep the rest
+        except (ValueError, OSError):  # find the page(s) at fault, keep the rest
             for i, a in zip(pos, arrays):
                 try:
                     prep.views.append(preprocess_batch([a], mode, max_tiles=max_tiles, dtype=dtype, **kw)[0])
                     prep.ok.append(i)
-                except Exception as e:  # noqa: BLE001
+                except (ValueError, OSError) as e:  # a page's content (size limits); anything else is ours
                     prep.errors[i] = "preprocessing failed: " + _reason(e)
-        if pin and family != "ocr1":
+        if pin and not sized:
             for v in prep.views:
                 v.global_view = v.global_view.pin_memory()
                 v.tiles = v.tiles.pin_memory() if v.tiles is not None else None

@@ -28,7 +28,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (shards, manifest, run.json)")
     p.add_argument("--mode", default=None, help="tiny|small|base|large|gundam (ocr2: base|gundam); "
                    "default: the family's (ocr1 base, ocr2 gundam)")
-    p.add_argument("--model", default="ocr1", choices=list(MODELS), help="model family (DeepSeek-OCR 1 or 2)")
+    p.add_argument("--model", default="auto", choices=list(MODELS),
+                   help="model family: ocr1 = DeepSeek-OCR, ocr2 = DeepSeek-OCR 2 (default: from --weights, else ocr1)")
     p.add_argument("--pages", default=None, help="pages of every multi-page document, e.g. 1-5,9")
     p.add_argument("--dpi", type=int, default=DEFAULT_DPI, help="PDF render resolution (upstream: 144)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")

@@ -8,7 +8,6 @@ in the manifest); 3 the run stopped on an error (e.g. CUDA out of memory; finish
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from ..sources import DEFAULT_DPI
 from . import store
 from .plan import Plan
 
-MODELS = ("ocr1", "ocr2")
+MODELS = ("auto", "ocr1", "ocr2")
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class CorpusOptions:
     workers: int = 2
     depth: int = 4
     overlap: bool = True
-    model: str = "ocr1"
+    model: str = "auto"  # "auto": from the checkpoint's keys, else ocr1
     config: str = "deepseek-ocr"
     weights: Optional[str] = None
     seed: int = 0
@@ -86,13 +85,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def resolve(opts: CorpusOptions, cuda: Optional[bool] = None) -> dict:
     """Device, dtypes and backend as the encoder will resolve them (without loading weights)."""
     import torch
@@ -108,16 +100,28 @@ def resolve(opts: CorpusOptions, cuda: Optional[bool] = None) -> dict:
 def resolve_mode(opts: CorpusOptions) -> None:
     """Fill ``opts.mode`` / ``opts.max_tiles`` from the family's defaults where the package has them
     (``modes.DEFAULT_MODE``, ``Mode.max_tiles``), checking the mode against the family."""
-    fam_kw = {"family": opts.model} if _accepts(_modes.get_mode, "family") else {}
     if opts.mode is None:
-        opts.mode = getattr(_modes, "DEFAULT_MODE", {}).get(opts.model, "base")
+        opts.mode = _modes.DEFAULT_MODE[opts.model]
     try:
-        m = _modes.get_mode(opts.mode, **fam_kw)
+        m = _modes.get_mode(opts.mode, family=opts.model)
     except ValueError as e:
         raise CorpusError(str(e)) from None
     opts.mode = m.name
     if opts.max_tiles is None:
-        opts.max_tiles = int(getattr(m, "max_tiles", None) or _modes.DEFAULT_MAX_TILES)
+        opts.max_tiles = m.max_tiles
+
+
+def resolve_model(opts: CorpusOptions) -> None:
+    """``opts.model`` "auto" -> the checkpoint's family (its keys), else ocr1; a checkpoint of the other
+    family than the one asked for is a one-line error (before run.json is written)."""
+    from ..encoder import resolve_family
+
+    if opts.model not in MODELS:
+        raise CorpusError(f"unknown --model {opts.model!r}: choose one of {', '.join(MODELS)}")
+    try:
+        opts.model = resolve_family(None if opts.model == "auto" else opts.model, None, opts.weights)
+    except (ValueError, FileNotFoundError) as e:
+        raise CorpusError(f"--weights: {e}") from None
 
 
 def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
@@ -127,16 +131,8 @@ def build_encoder(opts: CorpusOptions, device: Optional[str] = None):
     from .. import config as _config
     from ..encoder import DeepEncoder
 
-    kw = {}
-    if _accepts(DeepEncoder.__init__, "family"):
-        kw["family"] = opts.model
-    elif opts.model != "ocr1":
-        raise CorpusError(f"--model {opts.model} is not available in this deepencoder build "
-                          "(DeepEncoder has no model families yet); use --model ocr1")
-    cfg = None
-    if opts.config == "small-test":
-        fc = getattr(_config, "family_config", None)
-        cfg = fc(opts.model, small=True) if fc is not None else _config.DeepEncoderConfig.small_test()
+    kw = {"family": opts.model}
+    cfg = _config.family_config(opts.model, small=True) if opts.config == "small-test" else None
     r = opts.resolved or resolve(opts)
     if opts.threads:
         import torch
@@ -279,8 +275,7 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     """
     from ..sources import expand_inputs
 
-    if opts.model not in MODELS:
-        raise CorpusError(f"unknown --model {opts.model!r}: choose one of {', '.join(MODELS)}")
+    resolve_model(opts)
     resolve_mode(opts)
     for name in ("batch_pages", "shard_pages", "depth"):
         if getattr(opts, name) < 1:
@@ -290,12 +285,6 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CorpusError(str(e)) from None
     plan = Plan(docs, opts.batch_pages)
-    if opts.model != "ocr1":  # before run.json is written: a refused model must not pin the folder
-        from ..encoder import DeepEncoder
-
-        if not _accepts(DeepEncoder.__init__, "family"):
-            raise CorpusError(f"--model {opts.model} is not available in this deepencoder build "
-                              "(DeepEncoder has no model families yet); use --model ocr1")
     ray_ctx = None
     if opts.engine == "ray":
         from .ray_engine import connect

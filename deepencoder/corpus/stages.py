@@ -13,7 +13,6 @@ A page that fails in any stage becomes a failed manifest row with its reason; th
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
@@ -67,15 +66,6 @@ def decode_chunk(items: Sequence[PageItem], dpi: int) -> List[Decoded]:
     return out
 
 
-def _family_kw(fn, family: str) -> dict:
-    """``{"family": family}`` when ``fn`` takes it (model families land in preprocess/encoder separately)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {"family": family} if "family" in params else {}
-
-
 @dataclass
 class Prepared:
     """A chunk after preprocessing: ``views`` for the pages in ``ok`` (indices into ``items``)."""
@@ -100,18 +90,17 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
     prep = Prepared(list(items), list(decoded))
     pos = [i for i, d in enumerate(decoded) if d[1] is not None]
     arrays = [decoded[i][1] for i in pos]
-    kw = _family_kw(preprocess_batch, family)
-    # the pinned buffer's layout is views_numel's: usable when it knows the family (or the family is ocr1)
-    sized = family == "ocr1" or "family" in _family_kw(views_numel, family)
+    kw = {"family": family}
+    pinned = False  # the views live in one pinned buffer (the batched path); else pin them one by one
     if arrays:
         try:
             out = None
-            if pin and sized:
-                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles, **_family_kw(views_numel, family))
-                           for a in arrays)
+            if pin:  # one pinned buffer for the chunk, laid out as views_numel says
+                need = sum(views_numel(a.shape[1], a.shape[0], mode, max_tiles, family=family) for a in arrays)
                 out = torch.empty(need, dtype=dtype, pin_memory=True)
             views = preprocess_batch(arrays, mode, max_tiles=max_tiles, dtype=dtype, out=out, **kw)
             prep.ok, prep.views = pos, views
+            pinned = out is not None
         except (ValueError, OSError):  # find the page(s) at fault, keep the rest
             for i, a in zip(pos, arrays):
                 try:
@@ -119,7 +108,7 @@ def preprocess_chunk(items: Sequence[PageItem], decoded: Sequence[Decoded], mode
                     prep.ok.append(i)
                 except (ValueError, OSError) as e:  # a page's content (size limits); anything else is ours
                     prep.errors[i] = "preprocessing failed: " + _reason(e)
-        if pin and not sized:
+        if pin and not pinned:
             for v in prep.views:
                 v.global_view = v.global_view.pin_memory()
                 v.tiles = v.tiles.pin_memory() if v.tiles is not None else None

@@ -2,8 +2,9 @@
 
 Examples::
 
-    python -m bench --smoke --out /tmp/smoke                 # CPU, tiny sizes, every code path, < 1 min
+    python -m bench --smoke --out /tmp/smoke                 # CPU, tiny sizes, every code path, ~1 min
     python -m bench --out bench/results --name h100 --batches 1,8,32 --compile base --budget-s 270
+    python -m bench --family ocr2 --ocr2-pages 8              # DeepSeek-OCR 2 rows only (flow attention, e2e)
     python -m bench --compare bench/results/a.json bench/results/b.json
     python -m bench --report OUT/bench.json                  # markdown + plots again from a JSON
     python -m bench --validate OUT/bench.json                # check rows against bench/schema.json
@@ -12,10 +13,12 @@ Exit status: 1 when any row is ``failed`` (a provider over its correctness bound
 or ``error`` (a provider raised); every row is still written and listed. ``--allow-failures`` reports
 them and exits 0 (exploratory runs).
 
-Defaults (no ``--smoke``): the real encoder config, CUDA if present, bfloat16 on CUDA / float32 on CPU,
+Defaults (no ``--smoke``): the real encoder configs, CUDA if present, bfloat16 on CUDA / float32 on CPU,
 per-op grids G = 32, 40, 64, 80 (window 14 and global) and CLIP g = 8, 10, 16, 20, end-to-end modes tiny,
-small, base, large, gundam at batches 1, 8, 32 (Gundam pages 1, 4, 8), every provider, compile rows at
-Base shapes only (``--compile all`` for every shape, ``--no-compile`` for none).
+small, base, large, gundam at batches 1, 8, 32 (Gundam pages 1, 4, 8); DeepSeek-OCR 2 (``--family``): flow
+attention at n = 144, 256, end-to-end ``ocr2-base`` (1024 global view) at 1, 8, 32 and ``ocr2-gundam``
+(1024 + 3x2 crops of 768) at 1, 8 pages; every provider, compile rows at Base shapes and the 8-page OCR-2
+row only (``--compile all`` for every shape, ``--no-compile`` for none).
 """
 
 from __future__ import annotations
@@ -47,14 +50,24 @@ def parser() -> argparse.ArgumentParser:
                    help="sam_window_attention,sam_global_attention,compressor,clip_attention,flow_attention ('' = none)")
     p.add_argument("--grids", type=_ints, default=None, help="SAM grids G (default 32,40,64,80)")
     p.add_argument("--clip-grids", type=_ints, default=None, help="CLIP token grids g (default 8,10,16,20)")
-    p.add_argument("--modes", type=_strs, default=None, help="tiny,small,base,large,gundam ('' = none)")
+    p.add_argument("--family", choices=("ocr1", "ocr2", "all"), default="all",
+                   help="model family whose default ops and modes run (ocr1 DeepSeek-OCR, ocr2 DeepSeek-OCR 2)")
+    p.add_argument("--modes", type=_strs, default=None,
+                   help="tiny,small,base,large,gundam,ocr2-base,ocr2-gundam ('' = none)")
+    p.add_argument("--e2e-order", choices=("batch", "listed"), default="batch",
+                   help="end-to-end cases by batch, small first (default), or in --modes order, then by batch")
     p.add_argument("--batches", type=_ints, default=None, help="end-to-end batches (default 1,8,32)")
     p.add_argument("--gundam-batches", type=_ints, default=None, help="Gundam pages per call (default 1,4,8)")
+    p.add_argument("--ocr2-batches", type=_ints, default=None, help="OCR-2 global views per call (default 1,8,32)")
+    p.add_argument("--ocr2-pages", type=_ints, default=None, help="OCR-2 pages (1024 + 6 crops) per call (default 1,8)")
     p.add_argument("--providers", type=_strs, default=None, help="subset of providers (default all)")
     p.add_argument("--compile", choices=("none", "base", "all"), default=None,
                    help="which rows get reference-compile (default base: Base shapes only; it compiles slowly)")
     p.add_argument("--no-compile", action="store_true", help="same as --compile none")
     p.add_argument("--compile-mode", default="max-autotune")
+    p.add_argument("--compile-inline", action="store_true",
+                   help="run each compile row right after its case, not after all cases (a budget cut then drops "
+                        "the later cases instead of the compile rows)")
     p.add_argument("--compile-backend", default=None, help="inductor (default; smoke: eager)")
     p.add_argument("--op-tokens", type=int, default=None, help="per-op batch = op_tokens // G^2 (default 32768)")
     p.add_argument("--target-ms", type=float, default=None, help="measured time per row (default 200)")
@@ -91,6 +104,51 @@ def exit_status(rows, allow_failures: bool = False, stream=None) -> int:
     return 1
 
 
+def options(args):
+    """The run's options from parsed arguments: ``(opts for bench.suite, (target_ms, min_reps, warmup))``."""
+    from deepencoder.config import DeepEncoderConfig, DeepEncoderV2Config
+
+    from .suite import FAMILY_MODES, FAMILY_OPS
+
+    if args.input_sets < 3:
+        raise SystemExit("--input-sets must be >= 3 (rotating inputs keep caches from flattering)")
+    opts = {"input_sets": args.input_sets, "check_batch": args.check_batch, "budget_s": args.budget_s,
+            "compile_mode": args.compile_mode, "grid_modes": {32: "tiny", 40: "small", 64: "base", 80: "large"},
+            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"},
+            "flow_modes": {144: "ocr2-tile", 256: "ocr2-global"}}
+    fams = ("ocr1", "ocr2") if args.family == "all" else (args.family,)
+    if args.smoke:
+        # Triton kernels run under the interpreter here (~5 ms per program step): the op rows run them at
+        # a 6x6 grid (window 4: padded to 8, four windows); end to end, ops take their torch backends.
+        # OCR-2 end to end: the small V2 config at the real view sides (its query tables fix 1024 / 768),
+        # one global view and one page of 2 crops, ~25 s on one CPU thread.
+        smoke_modes = {"ocr1": ("smoke-tiny", "smoke-gundam"), "ocr2": ("smoke-ocr2-base", "smoke-ocr2-gundam")}
+        opts.update(config=DeepEncoderConfig.small_test(), config_v2=DeepEncoderV2Config.small_test(),
+                    grids=(6,), op_window=4, clip_grids=(4,),
+                    modes=sum((smoke_modes[f] for f in fams), ()), batches=(1, 2), gundam_batches=(1,),
+                    ocr2_batches=(1,), ocr2_pages=(1,), op_tokens=36,
+                    compile="base", compile_modes=("smoke", "smoke-tiny", "smoke-ocr2-gundam"),
+                    compile_backend="eager", quick_peaks=True, e2e_torch_ops=True,
+                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"},
+                    flow_ns=(9,), flow_heads=(4, 2, 64), flow_modes={9: "smoke"})
+        target, min_reps, warmup = 15.0, 3, 1
+    else:
+        opts.update(batches=(1, 8, 32), gundam_batches=(1, 4, 8), ocr2_batches=(1, 8, 32), ocr2_pages=(1, 8),
+                    compile="base", compile_backend="inductor", modes=sum((FAMILY_MODES[f] for f in fams), ()))
+        target, min_reps, warmup = 200.0, 5, 3
+    opts["ops"] = sum((FAMILY_OPS[f] for f in fams), ())
+    for k in ("ops", "grids", "clip_grids", "modes", "batches", "gundam_batches", "ocr2_batches", "ocr2_pages",
+              "providers", "op_tokens", "compile", "compile_backend"):
+        v = getattr(args, k)
+        if v is not None:
+            opts[k] = tuple(v) if isinstance(v, list) else v
+    if args.no_compile:
+        opts["compile"] = "none"
+    opts["compile_inline"] = args.compile_inline
+    opts["e2e_order"] = args.e2e_order
+    return opts, (target, min_reps, warmup)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     from . import report
@@ -122,7 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":  # Triton kernels run under the interpreter on a CPU; set before they import
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from deepencoder.config import DeepEncoderConfig
+    from deepencoder.config import DeepEncoderConfig, DeepEncoderV2Config
     from deepencoder.encoder import resolve_dtype
 
     from .measure import Timer
@@ -130,35 +188,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .suite import dtype_name, run_suite
 
     dtype = resolve_dtype(args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if args.input_sets < 3:
-        raise SystemExit("--input-sets must be >= 3 (rotating inputs keep caches from flattering)")
-    opts = {"input_sets": args.input_sets, "check_batch": args.check_batch, "budget_s": args.budget_s,
-            "compile_mode": args.compile_mode, "grid_modes": {32: "tiny", 40: "small", 64: "base", 80: "large"},
-            "clip_modes": {8: "tiny", 10: "small", 16: "base", 20: "large"},
-            "flow_modes": {144: "ocr2-tile", 256: "ocr2-global"}}
-    if args.smoke:
-        # Triton kernels run under the interpreter here (~5 ms per program step): the op rows run them at
-        # a 6x6 grid (window 4: padded to 8, four windows); end to end, ops take their torch backends.
-        opts.update(config=DeepEncoderConfig.small_test(), grids=(6,), op_window=4, clip_grids=(4,),
-                    modes=("smoke-tiny", "smoke-gundam"), batches=(1, 2), gundam_batches=(1,), op_tokens=36,
-                    compile="base", compile_modes=("smoke", "smoke-tiny"), compile_backend="eager",
-                    quick_peaks=True, e2e_torch_ops=True,
-                    grid_modes={6: "smoke"}, clip_modes={4: "smoke"},
-                    flow_ns=(9,), flow_heads=(4, 2, 64), flow_modes={9: "smoke"})
-        target, min_reps, warmup = 15.0, 3, 1
-    else:
-        opts.update(batches=(1, 8, 32), gundam_batches=(1, 4, 8), compile="base", compile_backend="inductor")
-        target, min_reps, warmup = 200.0, 5, 3
-    for k in ("ops", "grids", "clip_grids", "modes", "batches", "gundam_batches", "providers", "op_tokens",
-              "compile", "compile_backend"):
-        v = getattr(args, k)
-        if v is not None:
-            opts[k] = tuple(v) if isinstance(v, list) else v
+    opts, (target, min_reps, warmup) = options(args)
+    fams = ("ocr1", "ocr2") if args.family == "all" else (args.family,)
     threads = args.threads or (1 if args.smoke and device.type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    if args.no_compile:
-        opts["compile"] = "none"
     timer = Timer(device, target_ms=args.target_ms or target, min_reps=args.min_reps or min_reps,
                   warmup=args.warmup if args.warmup is not None else warmup, method=args.timer)
 
@@ -182,9 +216,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"[{time.monotonic() - t0:6.1f}s] {row['kind']:<4} {row['op']:<22} {str(row.get('mode') or ''):<8} "
                   f"{row['shape']:<30} {row['provider']:<18} {row['status']:<11} {ms}", flush=True)
 
+    cfgs = {"ocr1": (opts.get("config") or DeepEncoderConfig.deepseek_ocr()).name,
+            "ocr2": (opts.get("config_v2") or DeepEncoderV2Config.deepseek_ocr2()).name}
     print(f"deepencoder bench: device {device}, dtype {dtype_name(dtype)}, config "
-          f"{(opts.get('config') or DeepEncoderConfig.deepseek_ocr()).name}, timing {timer.label}, out {out}",
-          flush=True)
+          f"{', '.join(cfgs[f] for f in fams)}, timing {timer.label}, out {out}", flush=True)
     rows = run_suite(opts, device, dtype, timer, on_row=on_row)
     try:
         validate_rows(rows)

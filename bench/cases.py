@@ -17,7 +17,9 @@ Per-op providers
                           fp32 no-bias oracle
 End-to-end providers (``DeepEncoder``, seeded random weights, one set shared by all providers)
     ``reference`` (eager upstream-equivalent model), ``reference-compile`` (``torch.compile`` of it),
-    ``fast`` (``backend="fast"``), ``fast-graphs`` (``cuda_graphs=True``).
+    ``fast`` (``backend="fast"``), ``fast-graphs`` (``cuda_graphs=True``). DeepSeek-OCR 2 (family ``ocr2``,
+    modes ``ocr2-*``): ``upstream`` (the reference with upstream's per-token mask loop), ``upstream-compile``,
+    ``fast``, ``fast-graphs`` (:mod:`bench.e2e`).
 """
 
 from __future__ import annotations

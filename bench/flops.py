@@ -145,7 +145,16 @@ def flow_attention_bytes(B: int, n: int, heads: int, kv_heads: int, head_dim: in
     return float(elem * B * L * ((heads + 2 * kv_heads) * head_dim + heads * head_dim) + 2 * 4 * L * head_dim)
 
 
-def ocr2_view_macs(S: int, cfg: Optional[DeepEncoderConfig] = None, dense_attention: bool = True) -> Dict[str, float]:
+def _flow_dims(cfg) -> Dict[str, int]:
+    """Qwen2 stage dims of a :class:`DeepEncoderV2Config` (``QWEN2``'s keys); the real ones for anything else."""
+    f = getattr(cfg, "flow", None)
+    if f is None:
+        return dict(QWEN2)
+    return {"hidden": f.hidden_size, "heads": f.num_heads, "kv_heads": f.num_kv_heads, "head_dim": f.head_dim,
+            "mlp": f.intermediate_size, "layers": f.num_layers}
+
+
+def ocr2_view_macs(S: int, cfg=None, dense_attention: bool = True) -> Dict[str, float]:
     """MACs of one DeepEncoder V2 view (S = 1024 global, 768 tile), by SPEC_V2.md's terms.
 
     SAM + neck + net_2 as V1 at ``G = S/16`` (windows of 14 over the padded grid), net_3 512 -> 896;
@@ -153,12 +162,19 @@ def ocr2_view_macs(S: int, cfg: Optional[DeepEncoderConfig] = None, dense_attent
     attention over L^2 pairs (``dense_attention``: what upstream's masked SDPA computes; False: the allowed
     pairs only, what the flow kernel computes); projector 896 -> 1280 over the n query outputs.
     SPEC_V2 "Cost": 1024 view ~ 665 G (SAM 470, Qwen2 195), 768 tile ~ 347 G (SAM 240, Qwen2 107).
+
+    ``cfg``: a :class:`DeepEncoderV2Config` (its own SAM, flow and projector dims: the small test config
+    counts its own work), or a V1 :class:`DeepEncoderConfig` / None (its SAM with net_3 -> 896 and the real
+    Qwen2 dims).
     """
     import dataclasses
 
-    c = _cfg(cfg)
-    s = dataclasses.replace(c.sam, net3_chans=OCR2_NET3)
-    c2 = c.replace(sam=s)
+    if getattr(cfg, "flow", None) is not None:
+        s, c2, n_embed = cfg.sam, cfg, cfg.n_embed
+    else:
+        c = _cfg(cfg)
+        s = dataclasses.replace(c.sam, net3_chans=OCR2_NET3)
+        c2, n_embed = c.replace(sam=s), OCR2_N_EMBED
     G, g = grid_sizes(S, s.patch_size)
     N = G * G
     C = s.embed_dim
@@ -167,16 +183,26 @@ def ocr2_view_macs(S: int, cfg: Optional[DeepEncoderConfig] = None, dense_attent
            + n_global * sam_attention_macs(1, G, s.num_heads, s.head_dim, 0)
            + (s.depth - n_global) * sam_attention_macs(1, G, s.num_heads, s.head_dim, s.window_size)
            + N * C * s.in_chans * s.patch_size ** 2 + compressor_macs(1, G, c2))
-    q = QWEN2
+    q = _flow_dims(cfg)
     n = g * g
     L = 2 * n
     kv = q["kv_heads"] * q["head_dim"]
     qwen_linear = q["layers"] * L * (2 * q["hidden"] ** 2 + 2 * q["hidden"] * kv + 3 * q["hidden"] * q["mlp"])
     qwen_attn = q["layers"] * flow_attention_macs(1, n, q["heads"], q["head_dim"], dense=dense_attention)
     out = {"sam": float(sam), "qwen2_linear": float(qwen_linear), "qwen2_attn": float(qwen_attn),
-           "projector": float(n * OCR2_NET3 * OCR2_N_EMBED)}
+           "projector": float(n * s.net3_chans * n_embed)}
     out["total"] = sum(out.values())
     return out
+
+
+def ocr2_view_flops(S: int, cfg=None) -> float:
+    """FLOPs (2 x MACs) of one OCR-2 view of side ``S`` (1024 global, 768 crop)."""
+    return 2.0 * ocr2_view_macs(S, cfg)["total"]
+
+
+def ocr2_page_flops(crops: int, global_size: int = 1024, tile_size: int = 768, cfg=None) -> float:
+    """FLOPs of one OCR-2 Gundam page: the global view plus ``crops`` crops (3x2 grid: 6 crops ~ 5.5 TFLOP)."""
+    return ocr2_view_flops(global_size, cfg) + crops * ocr2_view_flops(tile_size, cfg)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,10 +249,10 @@ def param_count(cfg: Optional[DeepEncoderConfig] = None) -> int:
     """Encoder parameters (the bytes floor of a forward reads each once)."""
     import torch
 
-    from deepencoder.reference import DeepEncoderReference
+    from deepencoder.models import reference_model
 
     with torch.device("meta"):
-        m = DeepEncoderReference(_cfg(cfg))
+        m = reference_model(_cfg(cfg))  # the config's family: V1 or V2
     return sum(p.numel() for p in m.parameters())
 
 

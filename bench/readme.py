@@ -63,26 +63,17 @@ def _gpu_run_section(name: str, rows: List[Dict[str, Any]]) -> List[str]:
            f"timing {r0.get('timing')}. Measured ceilings in the same run: "
            f"{_f(mm and mm.get('tflops'), '{:.0f}')} TFLOP/s ({mm['op'] if mm else 'matmul'}), "
            f"{_f(cp and cp.get('gbps'), '{:.0f}')} GB/s copy.", ""]
+    from .report import is_ocr2
+
     e2e = [r for r in rows if r.get("kind") == "e2e"]
-    if e2e:
-        provs = [p for p in ("reference", "reference-compile", "fast", "fast-graphs")
-                 if any(r["provider"] == p for r in e2e)]
-        out += ["End to end (images/s; Gundam: pages/s of a 2x3-tile page; speed-up over `reference`):", "",
-                "| mode | batch | " + " | ".join(provs) + " | speed-up |",
-                "|---|---|" + "---|" * len(provs) + "---|"]
-        keys = list(dict.fromkeys((r["mode"], r["batch"]) for r in e2e))
-        for mode, b in keys:
-            cells, by = [], {r["provider"]: r for r in e2e if r["mode"] == mode and r["batch"] == b}
-            for p in provs:
-                r = by.get(p)
-                cells.append(_f(r.get("images_per_s"), "{:.1f}") if r and r.get("status") == "ok"
-                             else (r["status"] if r else "–"))
-            best = max((by[p]["images_per_s"] for p in ("fast", "fast-graphs")
-                        if p in by and by[p].get("images_per_s")), default=None)
-            ref = by.get("reference", {}).get("images_per_s")
-            sp = f"{best / ref:.2f}x" if best and ref else "–"
-            out.append(f"| {mode} | {b} | " + " | ".join(cells) + f" | {sp} |")
-        out.append("")
+    out += _e2e_table([r for r in e2e if not is_ocr2(r)], ("reference", "reference-compile", "fast", "fast-graphs"),
+                      "reference", "End to end (images/s; Gundam: pages/s of a 2x3-tile page; speed-up over "
+                      "`reference`):")
+    out += _e2e_table([r for r in e2e if is_ocr2(r)], ("upstream", "upstream-compile", "fast", "fast-graphs"),
+                      "upstream", "##### DeepSeek-OCR 2 end to end\n\nFamily `ocr2` (images/s; `ocr2-gundam`: pages/s of "
+                      "a 1024 global view + 3x2 crops of 768, 1121 tokens; `upstream` runs upstream's per-token "
+                      "mask loop; speed-up of the best fast row over `upstream` and over `upstream-compile`):",
+                      second="upstream-compile")
     ops = [r for r in rows if r.get("kind") == "op"]
     if ops:
         provs = [p for p in ("upstream", "reference", "fast", "fast-graphs", "flash-nobias")
@@ -103,6 +94,33 @@ def _gpu_run_section(name: str, rows: List[Dict[str, Any]]) -> List[str]:
             f"{r['op']}/{r.get('mode') or ''} {r['shape']} {r['provider']}: {r['status']}" for r in bad[:8])
             + (" ..." if len(bad) > 8 else ""))
         out.append("")
+    return out
+
+
+def _e2e_table(e2e: List[Dict[str, Any]], providers: Tuple[str, ...], base: str, title: str,
+               second: Optional[str] = None) -> List[str]:
+    """One end-to-end table (images/s per provider) with the best fast row's speed-up over ``base`` (and over
+    ``second`` when given); nothing when there are no rows."""
+    if not e2e:
+        return []
+    provs = [p for p in providers if any(r["provider"] == p for r in e2e)]
+    heads = ["speed-up"] if second is None else [f"vs {base}", f"vs {second}"]
+    out = [title, "", "| mode | batch | " + " | ".join(provs) + " | " + " | ".join(heads) + " |",
+           "|---|---|" + "---|" * (len(provs) + len(heads))]
+    for mode, b in dict.fromkeys((r["mode"], r["batch"]) for r in e2e):
+        cells, by = [], {r["provider"]: r for r in e2e if r["mode"] == mode and r["batch"] == b}
+        for p in provs:
+            r = by.get(p)
+            cells.append(_f(r.get("images_per_s"), "{:.1f}") if r and r.get("status") == "ok"
+                         else (r["status"] if r else "–"))
+        best = max((by[p]["images_per_s"] for p in ("fast", "fast-graphs")
+                    if p in by and by[p].get("status") == "ok" and by[p].get("images_per_s")), default=None)
+        sps = []
+        for k in [base] + ([second] if second else []):
+            ref = by.get(k, {}).get("images_per_s") if by.get(k, {}).get("status") == "ok" else None
+            sps.append(f"{best / ref:.2f}x" if best and ref else "–")
+        out.append(f"| {mode} | {b} | " + " | ".join(cells) + " | " + " | ".join(sps) + " |")
+    out.append("")
     return out
 
 
@@ -143,7 +161,8 @@ def render(results_dir: str) -> str:
             out += _gpu_run_section(n, [r for r in rows if r.get("device_kind") == "cuda"])
     else:
         out += ["**No GPU measurements are committed yet.** Run `bash bench/gpu_suite.sh OUT` on a GPU machine "
-                "and copy `OUT/bench.json` to `bench/results/<device>.json`; until then every figure below is "
+                "and copy `OUT/bench.json` to `bench/results/<device>.json` (and `OUT/bench-ocr2.json`, the DeepSeek-OCR "
+                "2 end-to-end rows, to `bench/results/<device>-ocr2.json`); until then every figure below is "
                 "a prediction.", ""]
     if aot:
         out += _aot_section(aot)

@@ -14,10 +14,13 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 KEY_FIELDS = ("kind", "op", "mode", "shape", "batch", "provider", "dtype")
-PROVIDER_ORDER = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs",
-                  "flash-nobias")
-COLORS = {"upstream": "tab:gray", "reference": "tab:blue", "reference-compile": "tab:purple", "fast": "tab:orange",
-          "fast-graphs": "tab:red", "flash-nobias": "tab:green", "flex": "tab:brown", "library": "tab:olive"}
+PROVIDER_ORDER = ("upstream", "reference", "reference-compile", "upstream-compile", "flex", "library", "fast",
+                  "fast-graphs", "flash-nobias")
+COLORS = {"upstream": "tab:gray", "reference": "tab:blue", "reference-compile": "tab:purple",
+          "upstream-compile": "tab:pink", "fast": "tab:orange", "fast-graphs": "tab:red", "flash-nobias": "tab:green",
+          "flex": "tab:brown", "library": "tab:olive"}
+# issue 13's end-to-end targets for the OCR-2 page row (1024 + 6 crops, 8 pages, bf16 on a GPU)
+OCR2_TARGETS = {"upstream": 2.5, "upstream-compile": 1.3}
 
 
 def ordered(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -118,6 +121,21 @@ def markdown(rows: List[Dict[str, Any]], title: str = "deepencoder benchmark") -
                    f"{_f(r.get('pct_peak_tflops'), '{:.1f}')} | {_f(r.get('gbps'))} | "
                    f"{_f(r.get('mem_peak_mb'), '{:.0f}', 'n/a')} | {_f(r.get('rel_err'), '{:.1e}')} | {note} |")
     out.append("")
+    o2 = ocr2_e2e_summary(rows)
+    if o2:
+        out += ["### DeepSeek-OCR 2 end to end", "",
+                "Family `ocr2` rows only (never mixed with OCR-1's). `upstream` is the reference with upstream's "
+                "per-token mask loop; speed-ups are of the best of fast / fast-graphs. Page rows: pages/s of a "
+                "1024 global view + crops of 768.", "",
+                "| mode | shape | B | upstream ms | upstream-compile ms | fast ms | fast-graphs ms | best "
+                "img(page)/s | vs eager | vs compile |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in o2:
+            ms = [_f(c["ms"].get(p), "{:.3g}", c["status"].get(p, "–"))
+                  for p in ("upstream", "upstream-compile", "fast", "fast-graphs")]
+            out.append(f"| {c['mode']} | {c['shape']} | {c['batch']} | " + " | ".join(ms) +
+                       f" | {_f(c['best_per_s'], '{:.3g}')} | {_f(c['vs']['upstream'], '{:.2f}x')} | "
+                       f"{_f(c['vs']['upstream-compile'], '{:.2f}x')} |")
+        out.append("")
     out.append("rel err = ||out − ref|| / ||ref|| against the high-precision oracle (float32 on CUDA with TF32 "
                "off, float64 on the CPU); a provider over its bound is `failed` and was never timed. "
                "TFLOP/s and GB/s use the cost model in bench/flops.py (minimum bytes); % peak is against "
@@ -125,22 +143,77 @@ def markdown(rows: List[Dict[str, Any]], title: str = "deepencoder benchmark") -
     return "\n".join(out) + "\n"
 
 
+def is_ocr2(r: Dict[str, Any]) -> bool:
+    """A DeepSeek-OCR 2 end-to-end row (the family field, or an ``ocr2`` mode in rows written before it)."""
+    return r.get("kind") == "e2e" and (r.get("family") == "ocr2" or "ocr2" in str(r.get("mode") or ""))
+
+
+def ocr2_e2e_summary(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per OCR-2 end-to-end case: p50 and status per provider, the best of fast / fast-graphs (images or
+    pages per s) and its speed-up over upstream eager and over upstream compiled (None where not measured)."""
+    cases: Dict[Tuple, Dict[str, Dict[str, Any]]] = {}
+    for r in ordered(rows):
+        if is_ocr2(r):
+            cases.setdefault((r.get("mode"), r.get("shape"), r.get("batch"), r.get("dtype")), {})[r["provider"]] = r
+    out = []
+    for (mode, shape, batch, dtype), by in cases.items():
+        ms = {p: r.get("ms_p50") for p, r in by.items() if r.get("status") == "ok" and r.get("ms_p50")}
+        fast = [p for p in ("fast", "fast-graphs") if p in ms]
+        best = min(fast, key=lambda p: ms[p]) if fast else None
+        vs = {b: (ms[b] / ms[best] if best and b in ms else None) for b in ("upstream", "upstream-compile")}
+        out.append({"mode": mode, "shape": shape, "batch": batch, "dtype": dtype, "ms": ms,
+                    "status": {p: r.get("status") for p, r in by.items()}, "best": best,
+                    "best_per_s": by[best].get("images_per_s") if best else None, "vs": vs,
+                    "pages": "gundam" in str(mode), "timing": next(iter(by.values())).get("timing", "")})
+    return out
+
+
+def ocr2_summary_lines(rows: List[Dict[str, Any]]) -> List[str]:
+    """The OCR-2 block of the GPU suite's summary: fast vs upstream eager vs upstream compiled."""
+    o2 = ocr2_e2e_summary(rows)
+    if not o2:
+        return []
+    lines = ["", "DeepSeek-OCR 2 end to end (family ocr2): p50 ms; best = faster of fast, fast-graphs; "
+             f"page-row targets: >= {OCR2_TARGETS['upstream']}x eager, >= {OCR2_TARGETS['upstream-compile']}x compile",
+             f"{'case':<40}{'upstream':>11}{'up-compile':>11}{'fast':>11}{'fast-graphs':>12}{'best/s':>10}"
+             f"{'vs eager':>10}{'vs compile':>11}"]
+    for c in o2:
+        cells = "".join(f"{_f(c['ms'].get(p), '{:.2f}', (c['status'].get(p) or '–')[:6]):>{w}}"
+                        for p, w in (("upstream", 11), ("upstream-compile", 11), ("fast", 11), ("fast-graphs", 12)))
+        unit = "pg/s" if c["pages"] else "img/s"
+        per_s = f"{c['best_per_s']:.1f} {unit}" if c["best_per_s"] else "–"
+        line = (f"{(str(c['mode']) + ' ' + str(c['shape']))[:40]:<40}{cells}{per_s:>10}"
+                f"{_f(c['vs']['upstream'], '{:.2f}x'):>10}{_f(c['vs']['upstream-compile'], '{:.2f}x'):>11}")
+        if c["pages"] and not str(c["timing"]).startswith("cpu"):
+            met = [f"{'met' if c['vs'][b] >= t else 'NOT met'} vs {b}" for b, t in OCR2_TARGETS.items()
+                   if c["vs"][b] is not None]
+            line += "  " + (", ".join(met) if met else "targets not measured")
+        lines.append(line)
+    notes = {r.get("note") for r in rows if is_ocr2(r) and r.get("provider") == "upstream-compile" and r.get("note")}
+    lines += [f"up-compile = {n}" for n in sorted(notes)]
+    if any(str(c["timing"]).startswith("cpu") for c in o2):
+        lines.append("(CPU timing: says the code runs, not how fast a GPU runs it)")
+    return lines
+
+
 def short_table(rows: List[Dict[str, Any]]) -> str:
     """One line per case, printed last by the GPU suite: p50 per provider, speed-up of the best fast
-    provider over the baseline (``upstream`` per op, ``reference`` end to end), its images/s and % peak."""
+    provider over the baseline (``upstream`` per op and OCR-2 end to end, ``reference`` OCR-1 end to end),
+    its images/s and % peak; then the OCR-2 end-to-end block (:func:`ocr2_summary_lines`)."""
     rows = ordered(rows)
     cases: Dict[Tuple, Dict[str, Dict[str, Any]]] = {}
     for r in rows:
         if r.get("kind") != "peak":
             cases.setdefault(tuple(r.get(k) for k in KEY_FIELDS[:5]), {})[r["provider"]] = r
-    cols = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs", "flash-nobias")
-    short = {"reference-compile": "ref-compile", "flash-nobias": "flash-nobia"}
+    cols = ("upstream", "reference", "reference-compile", "upstream-compile", "flex", "library", "fast",
+            "fast-graphs", "flash-nobias")
+    short = {"reference-compile": "ref-compile", "upstream-compile": "up-compile", "flash-nobias": "flash-nobia"}
     head = f"{'case':<40}" + "".join(f"{short.get(c, c):>12}" for c in cols) + f"{'speed-up':>10}{'img/s':>9}{'%peak':>6}  not ok"
     lines = ["p50 ms per provider; speed-up = baseline / best of fast, fast-graphs", head]
     for (kind, op, mode, shape, _b), by in cases.items():
         what = (op if kind == "op" else str(mode)) + " " + str(shape)
         cells = "".join(f"{_f(by[c].get('ms_p50'), '{:.3f}') if c in by and by[c].get('status') == 'ok' else ('–' if c not in by else by[c]['status'][:6]):>12}" for c in cols)
-        base = by.get("upstream" if kind == "op" else "reference", {}).get("ms_p50")
+        base = by.get("upstream" if kind == "op" or "upstream" in by else "reference", {}).get("ms_p50")
         fast = [by[c] for c in ("fast", "fast-graphs") if c in by and by[c].get("ms_p50")]
         best = min(fast, key=lambda r: r["ms_p50"]) if fast else None
         sp = base / best["ms_p50"] if best and base else None
@@ -151,7 +224,7 @@ def short_table(rows: List[Dict[str, Any]]) -> str:
             bad = ",".join(filter(None, [bad] + [f"{p}:torch-fallback" for p in fb]))
         lines.append(f"{what[:40]:<40}{cells}{_f(sp, '{:.3g}x'):>10}{_f(best and best.get('images_per_s'), '{:.1f}'):>9}"
                      f"{_f(best and best.get('pct_peak_tflops'), '{:.0f}'):>6}  {bad}")
-    return "\n".join(lines)
+    return "\n".join(lines + ocr2_summary_lines(rows))
 
 
 # --------------------------------------------------------------------------------------------------

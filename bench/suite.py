@@ -8,7 +8,8 @@ For each (case, provider):
 
        rel_err = ||out - ref|| / ||ref||  <=  max(TOL[kind][dtype], 2 x rel_err of the case's baseline)
 
-   where the baseline is ``upstream`` (ops) or ``reference`` (end to end) in the same dtype: a provider
+   where the baseline is ``upstream`` (ops, OCR-2 end to end) or ``reference`` (OCR-1 end to end) in the
+   same dtype: a provider
    may be as inexact as twice what upstream itself is at that precision, never more (flash-attention's
    same-dtype rule, on a norm). TOL (below) is what each precision allows when the baseline is exact. A provider that
    fails is reported ``failed`` with its errors and is never timed.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -50,9 +51,36 @@ TOL = {
     "e2e": {torch.float64: 1e-8, torch.float32: 1e-2, torch.float16: 5e-2, torch.bfloat16: 1e-1},
 }
 CHECK_SEED = 12345
-# seconds of budget a torch.compile(mode="max-autotune") row needs before it is started (compile + autotune)
+# seconds of budget a torch.compile(mode="max-autotune") row needs before it is started (compile + autotune);
+# other modes skip the GEMM autotuning (estimates, not measured on a GPU yet)
 COMPILE_NEED_S = {"op": 45, "e2e": 300}
-PROVIDERS = ("upstream", "reference", "reference-compile", "flex", "library", "fast", "fast-graphs", "flash-nobias")
+COMPILE_NEED_S_NO_AUTOTUNE = {"op": 20, "e2e": 90}
+PROVIDERS = ("upstream", "reference", "reference-compile", "upstream-compile", "flex", "library", "fast",
+             "fast-graphs", "flash-nobias")
+# end-to-end modes of each family (python -m bench --family)
+FAMILY_MODES = {"ocr1": ("tiny", "small", "base", "large", "gundam"), "ocr2": ("ocr2-base", "ocr2-gundam")}
+FAMILY_OPS = {"ocr1": ("sam_window_attention", "sam_global_attention", "compressor", "clip_attention"),
+              "ocr2": ("flow_attention",)}
+
+
+def compile_need_s(kind: str, opts: Dict[str, Any]) -> float:
+    """Budget a compile row must still have before it starts (0 for a non-inductor backend)."""
+    if opts.get("compile_backend") != "inductor":
+        return 0
+    mode = str(opts.get("compile_mode", "max-autotune"))
+    return (COMPILE_NEED_S if mode.startswith("max-autotune") else COMPILE_NEED_S_NO_AUTOTUNE)[kind]
+
+
+def mode_batches(mode, opts: Dict[str, Any]) -> Tuple[int, ...]:
+    """Batches of an end-to-end mode (an :class:`bench.e2e.E2EMode`): OCR-1 images ``batches``, OCR-1 Gundam
+    pages ``gundam_batches``; OCR-2 global views ``ocr2_batches``, OCR-2 pages ``ocr2_pages`` (each falling
+    back to ``batches``)."""
+    batches = tuple(opts.get("batches", (1, 8, 32)))
+    if mode.family == "ocr2":
+        key = "ocr2_pages" if mode.tiles else "ocr2_batches"
+    else:
+        key = "gundam_batches" if mode.tiles else None
+    return tuple((opts.get(key) if key else None) or batches)
 
 
 def dtype_name(dt: torch.dtype) -> str:
@@ -65,8 +93,10 @@ def dtype_name(dt: torch.dtype) -> str:
 
 
 def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype) -> List[Case]:
-    """Cases in run order: per-op rows first, then end-to-end by batch (small first)."""
-    from deepencoder.config import DeepEncoderConfig
+    """Cases in run order: per-op rows first, then end-to-end by batch (small first). End-to-end modes of
+    both families may be mixed: each family has its own encoder pool (``config`` for OCR-1, ``config_v2``
+    for OCR-2)."""
+    from deepencoder.config import DeepEncoderConfig, DeepEncoderV2Config
 
     from .e2e import REAL_MODES, SMOKE_MODES, EncoderPool, e2e_case
 
@@ -97,28 +127,43 @@ def build_matrix(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype)
     modes = opts.get("modes", ("tiny", "small", "base", "large", "gundam"))
     if modes:
         table = {**REAL_MODES, **SMOKE_MODES}
-        pool = EncoderPool(cfg, device, dtype)
-        batches = opts.get("batches", (1, 8, 32))
+        unknown = [m for m in modes if m not in table]
+        if unknown:
+            raise ValueError(f"unknown end-to-end mode(s) {', '.join(unknown)}: choose from {', '.join(table)}")
+        configs = {"ocr1": cfg, "ocr2": opts.get("config_v2") or DeepEncoderV2Config.deepseek_ocr2()}
+        pools: Dict[str, EncoderPool] = {}
         pairs = []
-        for m in modes:
-            bs = (opts.get("gundam_batches") or batches) if table[m].tiles else batches
-            pairs += [(B, i, m) for B in bs for i in [list(modes).index(m)]]
-        for B, _, m in sorted(pairs):  # small batches first: a budget cut drops the big ones
-            cases.append(e2e_case(table[m], B, pool, opts))
+        for i, m in enumerate(modes):
+            pairs += [(B, i, m) for B in mode_batches(table[m], opts)]
+        # small batches first (a budget cut drops the big ones); "listed": in --modes order, then by batch
+        key = (lambda t: (t[1], t[0])) if opts.get("e2e_order") == "listed" else None
+        for B, _, m in sorted(pairs, key=key):
+            fam = table[m].family
+            if fam not in pools:
+                pools[fam] = EncoderPool(configs[fam], device, dtype)
+            cases.append(e2e_case(table[m], B, pools[fam], opts))
     return cases
 
 
 def compile_wanted(case: Case, policy: str, opts: Dict[str, Any]) -> bool:
-    """``--compile none|base|all``. base: op rows at the Base shapes (G=64, g=16) and the Base end-to-end row
-    at the smallest batch (each new shape is a new max-autotune compile: minutes end to end)."""
+    """``--compile none|base|all``. base: op rows at the Base shapes (G=64, g=16), the Base end-to-end row
+    at the smallest batch, and the OCR-2 page row (``ocr2-gundam``, the issue's target shape) at its
+    largest page batch (each new shape is a new compile: minutes end to end)."""
     if policy == "none":
         return False
     if policy == "all":
         return True
-    modes = opts.get("compile_modes", ("base",))
+    modes = opts.get("compile_modes", ("base", "ocr2-gundam"))
     if case.kind == "op":
         return case.mode in modes
-    return case.mode in modes and case.batch == min(opts.get("batches", (1,)))
+    if case.mode not in modes:
+        return False
+    from .e2e import REAL_MODES, SMOKE_MODES
+
+    mode = {**REAL_MODES, **SMOKE_MODES}.get(case.mode)
+    bs = mode_batches(mode, opts) if mode is not None else tuple(opts.get("batches", (1,)))
+    pick = max if mode is not None and mode.family == "ocr2" and mode.tiles else min
+    return case.batch == pick(bs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,6 +219,8 @@ class Runner:
         row.update({k: v for k, v in case.extra.items() if k not in row})
         row.update(kw)
         row.update(self.prov)
+        if "config" in case.extra:  # the case's own config (an OCR-2 row in a run whose config is OCR-1's)
+            row["config"] = case.extra["config"]
         self.rows.append(row)
         if self.on_row:
             self.on_row(row, self.rows)
@@ -196,10 +243,11 @@ class Runner:
             if budget is not None and used > budget:
                 self._row(case, prov, "skipped", reason=f"time budget of {budget:.0f} s spent")
                 continue
-            need = COMPILE_NEED_S[case.kind] if prov.compile and self.opts.get("compile_backend") == "inductor" else 0
+            need = compile_need_s(case.kind, self.opts) if prov.compile else 0
             if budget is not None and need and budget - used < need:
                 self._row(case, prov, "skipped", reason=f"{budget - used:.0f} s of the time budget left; a "
-                          f"max-autotune compile of this {case.kind} needs ~{need} s")
+                          f"{self.opts.get('compile_mode', 'max-autotune')} compile of this {case.kind} needs "
+                          f"~{need} s")
                 continue
             try:
                 self._run_one(case, prov)
@@ -339,7 +387,8 @@ def _finite(out) -> bool:
 
 def run_suite(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype, timer: Timer,
               on_row: Optional[Callable] = None, cases: Optional[List[Case]] = None) -> List[Dict[str, Any]]:
-    """Peaks, then every case's providers (compile rows last, so a budget cut drops them first)."""
+    """Peaks, then every case's providers (compile rows last, so a budget cut drops them first; with
+    ``compile_inline`` right after their case)."""
     prov = provenance(device)
     prov["config"] = (opts.get("config").name if opts.get("config") is not None else "deepseek-ocr")
     rows: List[Dict[str, Any]] = []
@@ -371,8 +420,12 @@ def run_suite(opts: Dict[str, Any], device: torch.device, dtype: torch.dtype, ti
         runner.run_case(case, now)
         if case.cleanup:
             case.cleanup()
-        later += [(case, p) for p in case.providers
-                  if p.name in wanted and p.compile and compile_wanted(case, policy, opts)]
+        comp = [(case, p) for p in case.providers if p.name in wanted and p.compile and compile_wanted(case, policy, opts)]
+        if opts.get("compile_inline"):  # right after its case (a compile row the run is for, not an extra)
+            for c, p in comp:
+                runner.run_case(c, [p])
+        else:
+            later += comp
     for case, p in later:
         # the baseline's error (for the bound) is already known from the first pass
         runner.run_case(case, [p])

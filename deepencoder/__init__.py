@@ -11,7 +11,13 @@
 """
 
 from .config import (  # noqa: F401
-    FAMILIES, CLIPConfig, DeepEncoderConfig, DeepEncoderV2Config, FlowConfig, SAMConfig, family_config,
+    FAMILIES,
+    CLIPConfig,
+    DeepEncoderConfig,
+    DeepEncoderV2Config,
+    FlowConfig,
+    SAMConfig,
+    family_config,
 )
 from .encoder import DeepEncoder, EncodedImage  # noqa: F401
 from .models import DeepEncoderReference, DeepEncoderV2Reference  # noqa: F401

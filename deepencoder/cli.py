@@ -36,8 +36,11 @@ ENCODE_FORMAT = "deepencoder.encode/1"
 
 
 def collect_inputs(paths: Sequence[str], recursive: bool = False) -> List[str]:
-    """Expand files and folders into a list of image files (sorted within a folder); a file named twice
+    """Expand files and folders into a list of inputs (sorted within a folder): images, and one input per
+    page of a PDF or multi-page TIFF (``doc.pdf:3``, see :mod:`deepencoder.sources`); a file named twice
     (directly, or also through its folder) is encoded once."""
+    from . import sources
+
     out: List[str] = []
     seen = set()
     for p in paths:
@@ -46,29 +49,37 @@ def collect_inputs(paths: Sequence[str], recursive: bool = False) -> List[str]:
             try:
                 walker = os.walk(p) if recursive else [(p, [], os.listdir(p))]
                 for root, _, files in walker:
-                    found += [os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTS)
+                    found += [os.path.join(root, f) for f in files if sources.is_supported(f)
                               and os.path.isfile(os.path.join(root, f))]
             except OSError as e:
                 raise CLIError(f"{p}: cannot list folder ({e.strerror or e})") from None
             if not found:
-                raise CLIError(f"folder {p} holds no images ({', '.join(IMAGE_EXTS)})"
+                raise CLIError(f"folder {p} holds no images or PDFs ({', '.join(IMAGE_EXTS)}, .pdf)"
                                + ("" if recursive else "; pass --recursive to look in sub-folders"))
-            new = sorted(found)
-        elif os.path.exists(p):
-            if p.lower().endswith(".pdf"):
-                raise CLIError(f"{p}: PDF input is not supported yet; render its pages to PNG first "
-                               "(e.g. pdftoppm -r 150 -png FILE.pdf page)")
-            new = [p]
+            new = [page for f in sorted(found) for page in _pages_of(f)]
+        elif os.path.exists(p) or sources.split_page_spec(p)[1]:
+            new = _pages_of(p)
         else:
             raise CLIError(f"input not found: {p}")
         for f in new:
-            key = os.path.realpath(f)
+            path, spec = sources.split_page_spec(f)
+            key = (os.path.realpath(path), spec)
             if key not in seen:
                 seen.add(key)
                 out.append(f)
     if not out:
         raise CLIError("no inputs given")
     return out
+
+
+def _pages_of(p: str) -> List[str]:
+    """A PDF / multi-page TIFF becomes one input per page (``doc.pdf:3``; see deepencoder.sources)."""
+    from . import sources
+
+    try:
+        return sources.page_inputs(p)
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(str(e)) from None
 
 
 def output_paths(inputs: Sequence[str], out_dir: str) -> List[str]:
@@ -80,12 +91,16 @@ def output_paths(inputs: Sequence[str], out_dir: str) -> List[str]:
     its input's extension (``page.png.safetensors``), which is unique because the inputs are. Nothing
     here depends on what is already in ``out_dir``, so a rerun maps every input to the same file.
     """
-    absp = [os.path.abspath(p) for p in inputs]
+    from .sources import split_page_spec
+
+    split = [split_page_spec(p) for p in inputs]  # "doc.pdf:3" -> ("doc.pdf", "3")
+    absp = [os.path.abspath(f) for f, _ in split]
     base = os.path.commonpath([os.path.dirname(a) for a in absp])
     rels = [os.path.relpath(a, base) for a in absp]
+    pages = [f"-p{int(pg):04d}" if pg else "" for _, pg in split]  # one output per page: doc-p0003
 
     def names(keep_ext: bool) -> List[str]:
-        return [(r if keep_ext else os.path.splitext(r)[0]) + ".safetensors" for r in rels]
+        return [(r if keep_ext else os.path.splitext(r)[0]) + pg + ".safetensors" for r, pg in zip(rels, pages)]
 
     for keep_ext in (False, True):
         cand = names(keep_ext)
@@ -380,10 +395,14 @@ def cmd_encode(args) -> int:
     todo: List[Tuple[str, str, str]] = []  # (input, output, sha256)
     done_before = 0
     mismatched: List[Tuple[str, str]] = []
+    from .sources import split_page_spec
+
     for path, out in zip(inputs, outs):
         try:
-            check_image_header(path)
-            sha = sha256_file(path)
+            file, page = split_page_spec(path)
+            if page is None:  # a PDF page is checked when it is rendered (size capped by the dpi)
+                check_image_header(file)
+            sha = sha256_file(file) + (f":{page}" if page else "")
         except (ValueError, OSError) as e:
             failures.append((path, _one_line(e)))
             continue
@@ -413,7 +432,7 @@ def cmd_encode(args) -> int:
         print(f"nothing to do: all {len(inputs)} output(s) in {args.out} are up to date")
         return 0
     enc = _make_encoder(args, dtype=dtype, device=device)
-    from .preprocess import load_image
+    from .sources import load_input as load_image  # an image, or one page of a PDF / TIFF ("doc.pdf:3")
 
     rows = []
     written = 0
@@ -614,6 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_subcommands = None
     if add_subcommands is not None:
         add_subcommands(sub)
+    from .corpus.cli import add_parser as add_corpus_parser
+
+    add_corpus_parser(sub)  # encode-corpus: parsing and command live in deepencoder.corpus.cli
     return ap
 
 

@@ -212,6 +212,9 @@ class DeepEncoder:
                max_tiles: Optional[int] = None, engine: str = "auto") -> List[EncodedImage]:
         """Encode images (PIL images, paths or uint8 arrays) into LLM-ready token sequences.
 
+        A PDF path (or ``doc.pdf:3-7``) gives one result per page, rendered at 144 dpi
+        (:mod:`deepencoder.sources`); so does a multi-page TIFF.
+
         ``mode`` is one mode for all images or one per image (None: the family's default, "base" for
         ocr1, "gundam" for ocr2); ``max_tiles`` None: the family's default (9 ocr1, 6 ocr2). All views are
         batched across images: tiles/crops of every image in one batch, global views grouped by size.
@@ -227,6 +230,9 @@ class DeepEncoder:
         modes = [mode] * len(images) if isinstance(mode, str) else list(mode)
         if len(modes) != len(images):
             raise ValueError(f"got {len(modes)} modes for {len(images)} images")
+        from .sources import expand_images
+
+        images, modes, labels = expand_images(images, modes)  # a PDF / multi-page TIFF path: its pages
         modes = [get_mode(m, family=self.family).name for m in modes]
         t0 = time.perf_counter()
         # one multi-threaded C++ call for all images (Python/PIL path when the extension is missing);
@@ -235,7 +241,7 @@ class DeepEncoder:
                                  dtype=self.dtype if self.dtype in (torch.float32, torch.bfloat16, torch.float16)
                                  else torch.float32)
         t_pre = time.perf_counter() - t0
-        return self.encode_views(views, sources=[_describe(x) for x in images], t_pre=t_pre)
+        return self.encode_views(views, sources=labels, t_pre=t_pre)
 
     @torch.inference_mode()
     def encode_views(self, views, sources: Optional[List[str]] = None, t_pre: float = 0.0) -> List[EncodedImage]:

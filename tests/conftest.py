@@ -24,6 +24,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+@pytest.fixture(scope="session")
+def bench_smoke_run(tmp_path_factory):
+    """``python -m bench --smoke`` once per session: (out folder, rows). Shared by tests/test_bench.py and
+    tests/test_bench_ocr2.py (both in xdist group "bench", so one worker runs it once)."""
+    from bench import report
+    from bench.__main__ import main
+
+    out = tmp_path_factory.mktemp("smoke")
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["--smoke", "--out", str(out), "--name", "smoke", "--quiet"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    return out, report.load_rows(str(out / "smoke.json"))
+
+
 @pytest.fixture
 def device():
     return DEVICE

@@ -50,18 +50,10 @@ def test_flop_model_pieces():
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    from bench.__main__ import main
-
-    out = tmp_path_factory.mktemp("smoke")
-    threads = torch.get_num_threads()
-    try:
-        rc = main(["--smoke", "--out", str(out), "--name", "smoke", "--quiet"])
-    finally:
-        torch.set_num_threads(threads)
-    assert rc == 0
-    return out, report.load_rows(str(out / "smoke.json"))
+@pytest.fixture
+def smoke_run(bench_smoke_run):
+    """The one ``python -m bench --smoke`` run of the session (conftest.py; tests/test_bench_ocr2.py reads it too)."""
+    return bench_smoke_run
 
 
 def test_smoke_writes_every_output(smoke_run):

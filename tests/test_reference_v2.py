@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from deepencoder.config import DeepEncoderV2Config, FlowConfig
-from deepencoder.models import DeepEncoderV2Reference, flow_mask, flow_mask_bool, layout_tokens_v2, rope_tables
+from deepencoder.models import (
+    DeepEncoderV2Reference,
+    flow_mask,
+    flow_mask_bool,
+    layout_tokens_v2,
+    rope_tables,
+)
 from deepencoder.models.flow import FlowDecoder, FlowEncoder
 from deepencoder.weights import init_random_
 

@@ -7,13 +7,13 @@ Reads parameters from any module tree with upstream's names (``sam_model``, ``vi
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from ..config import token_grid
 from ..models.clip import quick_gelu, resize_clip_pos_embed
 from .trunk import FastTrunk, GraphedForward
+
 
 def clip_backend(op_backend: str) -> str:
     """clip_attention's backend for the fast path's ``op_backend``: "auto" -> "auto", "torch" -> "torch",

@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from ..config import CLIPConfig
 
 
-
-
 def resize_clip_pos_embed(pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """``[P^2+1, C]`` -> ``[1, g^2+1, C]``: CLS row kept, grid resized bicubic (antialias) in float32.
 

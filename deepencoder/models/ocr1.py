@@ -22,8 +22,6 @@ from .common import LinearProjector
 from .sam import SAMEncoder, check_pixels
 
 
-
-
 class DeepEncoderReference(nn.Module):
     """The reference encoder. Attributes and parameters named as in the DeepSeek-OCR checkpoint."""
 

@@ -2,6 +2,8 @@
 
 DeepSeek-OCR proposes keeping recent context as text and rendering older context into progressively
 smaller images (Gundam > Large > Base > Small > Tiny), so a long conversation fades instead of being cut.
+Every API takes the model family (``family="ocr1"`` DeepSeek-OCR, the default, or ``"ocr2"`` DeepSeek-OCR 2,
+whose ladder is Gundam > Base): page sizes, token counts, budgets and the ladder are that family's.
 
 * :mod:`.render`: text / simple Markdown -> page images sized for a mode, with a layout record for every
   source character (:func:`layout_text`, :func:`render_text`, :func:`choose_geometry`);
@@ -15,6 +17,9 @@ smaller images (Gundam > Large > Base > Small > Tiny), so a long conversation fa
 
 from .font import FONT_NAME, FontInfo, font_info  # noqa: F401
 from .planner import (  # noqa: F401
+    DEFAULT_PAGE_MODES,
+    FAMILY_LADDERS,
+    FAMILY_SCHEDULES,
     LADDER,
     BudgetError,
     ConversationError,
@@ -27,6 +32,7 @@ from .planner import (  # noqa: F401
 )
 from .render import (  # noqa: F401
     DEFAULT_DENSITY,
+    FAMILY_PAGE_SIZES,
     PAGE_SIZES,
     EmptyInputError,
     Layout,
@@ -40,6 +46,7 @@ from .render import (  # noqa: F401
     render_text,
 )
 from .tokens import (  # noqa: F401
+    FAMILY_LADDER_MODES,
     TokenCounter,
     compression_table,
     estimate_text_tokens,

@@ -19,9 +19,12 @@ import sys
 import warnings
 from typing import List, Optional
 
-from ..modes import DEFAULT_MAX_TILES, MODES
+from ..modes import DEFAULT_MODE, FAMILY_MODES, get_mode
+from .planner import DEFAULT_PAGE_MODES
 from .render import DEFAULT_DENSITY, DEFAULT_MAX_PAGES, parse_page_size
 from .tokens import make_counter
+
+_FAMILY_NAMES = {"ocr1": "DeepSeek-OCR", "ocr2": "DeepSeek-OCR 2"}
 
 CONVERSATION_HELP = """\
 conversation file: JSON list of turns, {"turns": [...]}, or JSONL (one turn per line), oldest first:
@@ -76,8 +79,9 @@ def _encoder_args(p: argparse.ArgumentParser, default_on: bool) -> None:
     else:
         g.add_argument("--encode", action="store_true", help="also run the encoder on the pages")
     g.add_argument("--weights", default=None,
-                   help="DeepSeek-OCR safetensors checkpoint (file, index json or folder); without it the "
-                        "encoder uses seeded random weights and its outputs are meaningless")
+                   help="DeepSeek-OCR or DeepSeek-OCR 2 safetensors checkpoint (file, index json or folder; the "
+                        "model family is detected from its keys); without it the encoder uses seeded random "
+                        "weights and its outputs are meaningless")
     g.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     g.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--backend", default="auto", choices=("auto", "reference", "fast"))
@@ -95,12 +99,22 @@ def _page_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--page-size", type=_page_size, default=None, help="WxH in pixels (default: the mode's)")
     g.add_argument("--plain", action="store_true", help="plain text: keep every line break and space as is "
                                                         "(default: simple Markdown)")
-    g.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES, help="Gundam tile limit (9 HF, 6 vLLM)")
+    g.add_argument("--max-tiles", type=int, default=None,
+                   help="Gundam tile limit (default: ocr1 9 as the HF code, vLLM uses 6; ocr2 6)")
     g.add_argument("--max-pages", type=_positive_int("--max-pages", zero=True), default=DEFAULT_MAX_PAGES,
                    help=f"refuse inputs that need more pages (default {DEFAULT_MAX_PAGES}; 0 = no limit)")
     g.add_argument("--tokenizer", default=None,
                    help="text-token counter: 'estimate' (default, labelled), 'hf:NAME_OR_PATH' (transformers), "
                         "or 'module:function' (str -> int)")
+
+
+_ALL_MODES = sorted(set(FAMILY_MODES["ocr1"]) | set(FAMILY_MODES["ocr2"]))
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="auto", choices=("auto", "ocr1", "ocr2"),
+                   help="model family whose modes and token counts are used: ocr1 = DeepSeek-OCR (tiny..large, "
+                        "gundam), ocr2 = DeepSeek-OCR 2 (gundam, base); default: from --weights, else ocr1")
 
 
 def add_subcommands(subparsers) -> None:
@@ -112,7 +126,9 @@ def add_subcommands(subparsers) -> None:
                     "table for every mode.")
     r.add_argument("input", help="text or Markdown file ('-' = stdin)")
     r.add_argument("-o", "--out", required=True, help="output folder")
-    r.add_argument("--mode", default="base", choices=list(MODES), help="page size and density target (default base)")
+    r.add_argument("--mode", default=None, choices=_ALL_MODES,
+                   help="page size and density target (default: base for ocr1, gundam for ocr2)")
+    _model_arg(r)
     r.add_argument("--force", action="store_true", help="replace outputs already in --out")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _page_args(r)
@@ -122,7 +138,8 @@ def add_subcommands(subparsers) -> None:
     c = subparsers.add_parser(
         "compress", help="memory decay: plan a conversation into text + falling-resolution pages under a budget",
         description="Optical context compression of a conversation: newer turns stay text, older turns are "
-                    "rendered into pages encoded at falling resolution (gundam > large > base > small > tiny); "
+                    "rendered into pages encoded at falling resolution (ocr1: gundam > large > base > small > tiny; "
+                    "ocr2: gundam > base); "
                     "with --budget the oldest turns are degraded first until the total fits.",
         epilog=CONVERSATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("conversation", help="JSON / JSONL conversation ('-' = stdin)")
@@ -130,13 +147,17 @@ def add_subcommands(subparsers) -> None:
     c.add_argument("--budget", type=_positive_int("--budget", zero=True), default=None, help="total token budget (text + vision tokens)")
     c.add_argument("--schedule", default=None,
                    help="level by age, e.g. 'text:4,gundam:8,large:16,base:32,small:64,tiny' (turns) or "
-                        "'text:1h,large:1d,tiny' (seconds: s/m/h/d/w); default: doubling bounds as shown")
+                        "'text:1h,large:1d,tiny' (seconds: s/m/h/d/w); default: doubling bounds as shown "
+                        "(ocr2: 'text:4,gundam:16,base' or 'text:1h,gundam:1d,base')")
     c.add_argument("--age-unit", default="turns", choices=("turns", "seconds"), help="unit of 'age' fields")
     c.add_argument("--now", default=None, help="ISO 8601 reference time for timestamps (default: newest turn)")
-    c.add_argument("--page-mode", default="large", choices=list(MODES),
-                   help="page geometry and density reference (default large: 1280x1280)")
+    c.add_argument("--page-mode", default=None, choices=_ALL_MODES,
+                   help="page geometry and density reference (default: ocr1 large 1280x1280, ocr2 gundam "
+                        "1536x1536)")
+    _model_arg(c)
     c.add_argument("--drop-oldest", action="store_true",
-                   help="if all-Tiny is still over budget, drop the oldest turns (listed) instead of failing")
+                   help="if the floor (ocr1 tiny, ocr2 base) is still over budget, drop the oldest turns (listed) "
+                        "instead of failing")
     c.add_argument("--turns", action="store_true", help="also print the per-turn table")
     c.add_argument("--force", action="store_true", help="replace outputs already in --out")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -149,9 +170,22 @@ def _preflight(args) -> None:
     """Every check that needs no work done: limits, tokenizer, input file, output folder, and (when the
     encoder will run) device / dtype / backend / checkpoint headers. Raises ValueError / OSError."""
     from .. import limits
-    from ..cli import CLIError, preflight_model_args
+    from ..cli import CLIError, preflight_model_args, resolve_model_family
 
-    limits.check_max_tiles(args.max_tiles)
+    try:
+        family = resolve_model_family(args)
+    except CLIError as e:
+        raise ValueError(str(e)) from None
+    flag = "--mode" if hasattr(args, "mode") else "--page-mode"
+    name = "mode" if hasattr(args, "mode") else "page_mode"
+    if getattr(args, name) is None:
+        setattr(args, name, DEFAULT_MODE[family] if name == "mode" else DEFAULT_PAGE_MODES[family])
+    try:
+        get_mode(getattr(args, name), family)
+    except ValueError as e:
+        raise ValueError(f"{flag}: {e}") from None
+    if args.max_tiles is not None:
+        limits.check_max_tiles(args.max_tiles)
     limits.BATCH.check(args.batch_size, f"--batch-size {args.batch_size}")
     make_counter(args.tokenizer)  # a bad --tokenizer fails here, not after the pages are drawn
     src = getattr(args, "input", None) or args.conversation
@@ -176,6 +210,7 @@ def _request_key(args, data: str) -> str:
             "resolved", "cmd", "command"}
     req = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
     req["weights"] = os.path.abspath(args.weights) if args.weights else None
+    req["family"] = args.family  # resolved (auto -> the checkpoint's family): another family is another request
     req["dtype"] = str(getattr(args, "resolved", (None, args.dtype))[1])
     req["input_sha256"] = hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()
     return hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode()).hexdigest()
@@ -184,15 +219,15 @@ def _request_key(args, data: str) -> str:
 def _make_encoder(args):
     if not args.encode:
         return None
-    from ..config import DeepEncoderConfig
+    from ..config import family_config
     from ..encoder import DeepEncoder, RandomWeightsWarning
 
-    cfg = DeepEncoderConfig.small_test() if args.config == "small-test" else None
+    cfg = family_config(args.family, small=True) if args.config == "small-test" else None
     device, dtype = getattr(args, "resolved", (args.device, args.dtype))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)  # we print our own, plainer notice
         return DeepEncoder(config=cfg, weights=args.weights, device=device, dtype=dtype,
-                           backend=args.backend, seed=0)
+                           backend=args.backend, seed=0, family=args.family)
 
 
 def _read(path: str) -> str:
@@ -262,12 +297,13 @@ def cmd_render(args) -> int:
         s = render_to_dir(text, args.out, args.mode, args.density, args.font_size, args.page_size, not args.plain,
                           args.tokenizer, factory if args.encode else None, _max_pages(args), args.max_tiles,
                           args.batch_size, args.force, not args.quiet, source=args.input,
-                          request_key=_request_key(args, text))
+                          request_key=_request_key(args, text), family=args.family)
         encoder = built[0] if built else None
         g = s["page"]
         est = " (ESTIMATED: no --tokenizer)" if s["text_tokens_are_estimates"] else ""
         lines = [f"{s['chars']} characters -> {len(s['pages'])} page(s) of {g['width']}x{g['height']}, font "
-                 f"{g['font_size']} px ({g['cols']}x{g['rows']} cells), rendered for {args.mode}",
+                 f"{g['font_size']} px ({g['cols']}x{g['rows']} cells), rendered for {args.mode} "
+                 f"(model {args.family}: {_FAMILY_NAMES[args.family]})",
                  f"text tokens: {s['text_tokens']}{est}; the same pages encoded at each mode (* = --mode):", "",
                  s["table_text"], "", f"wrote {len(s['pages'])} PNG(s), layout.json, summary.json"
                  + (", encoded.safetensors" if encoder is not None else "") + f" to {args.out}"]
@@ -286,7 +322,7 @@ def cmd_compress(args) -> int:
         turns = load_conversation(args.conversation, data=data)
         plan = plan_memory(turns, args.budget, args.schedule, args.tokenizer, args.age_unit, args.now,
                            args.page_mode, args.density, args.font_size, args.page_size, not args.plain,
-                           args.max_tiles, "drop" if args.drop_oldest else "error")
+                           args.max_tiles, "drop" if args.drop_oldest else "error", family=args.family)
         has_pages = any(b.level != "text" for b in plan.blocks())
         built = []
 
@@ -301,7 +337,8 @@ def cmd_compress(args) -> int:
                             args.force, not args.quiet, _max_pages(args), request_key=_request_key(args, data))
         encoder = built[0] if built else None
         g = plan.geometry
-        lines = [f"{len(plan.turns)} turns; pages {g.width}x{g.height}, font {g.font_size} px; schedule "
+        lines = [f"{len(plan.turns)} turns; model {plan.family} ({_FAMILY_NAMES[plan.family]}), ladder "
+                 f"{' > '.join(plan.ladder)}; pages {g.width}x{g.height}, font {g.font_size} px; schedule "
                  f"{plan.schedule.describe()}; text tokens: {plan.counter_name}", "", s["tables"]["budget"], "",
                  s["tables"]["levels"]]
         if args.turns:

@@ -4,8 +4,9 @@ Outputs in one folder, never overwritten without ``force``:
 
 * ``page-0001.png`` ... (``render``) or ``page-0001-tiny.png`` ... (``compress``: the mode in the name),
 * ``encoded.safetensors``: one tensor per page, key = page name, ``[num_tokens, n_embed]`` in the
-  encoder's dtype; metadata ``pages`` (JSON) and ``random_weights``,
-* ``summary.json``: geometry, font, versions, token accounting, per-page records (and the plan),
+  encoder's dtype; metadata ``family``, ``pages`` (JSON) and ``random_weights``,
+* ``summary.json``: model family, geometry, font, versions, token accounting, per-page records (and the
+  plan),
 * ``layout.json`` (``render`` only): every layout record, ``[src, start, end, page, line, x, y, cells,
   kind]``.
 
@@ -26,7 +27,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from .. import __version__, limits
 from ..cli import atomic_write
-from ..modes import DEFAULT_MAX_TILES, vision_token_count
+from ..modes import DEFAULT_MODE, check_family, get_mode, resolve_max_tiles, vision_token_count
 from ..progress import Progress
 from .font import FONT_LICENSE, FONT_NAME, font_info, rasteriser_versions
 from .planner import Plan, _fmt_age
@@ -102,7 +103,8 @@ def font_record() -> dict:
 def encoder_record(encoder) -> Optional[dict]:
     if encoder is None:
         return None
-    return {"config": getattr(encoder.config, "name", "?"), "random_weights": bool(encoder.random_weights),
+    return {"family": getattr(encoder, "family", "ocr1"), "config": getattr(encoder.config, "name", "?"),
+            "random_weights": bool(encoder.random_weights),
             "backend": getattr(encoder, "backend", "?"), "device": str(getattr(encoder, "device", "?")),
             "dtype": str(getattr(encoder, "dtype", "?")).replace("torch.", ""),
             "outputs_meaningless": bool(encoder.random_weights)}
@@ -117,10 +119,22 @@ class PageJob:
     meta: dict
 
 
+def check_encoder_family(encoder, family: str) -> None:
+    """Pages planned for one model family must not be encoded by the other's encoder (their token counts
+    differ): a one-line ValueError naming both."""
+    ef = getattr(encoder, "family", "ocr1")
+    if ef != family:
+        raise ValueError(f"the pages are planned for model family {family!r} but the encoder is {ef!r}; "
+                         f"pass family={ef!r} (CLI --model {ef}) or an {family} encoder")
+
+
 def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None, batch_size: int = 8,
-                max_tiles: int = DEFAULT_MAX_TILES, progress: bool = True,
-                resume: bool = False) -> Tuple[List[dict], Dict]:
+                max_tiles: Optional[int] = None, progress: bool = True,
+                resume: bool = False, family: str = "ocr1") -> Tuple[List[dict], Dict]:
     """Render each job's page, save it as PNG, encode in batches. Returns (page records, tensors).
+
+    ``family``: the model family the jobs' modes belong to (vision tokens per page are its counts);
+    ``max_tiles`` None: its Gundam default.
 
     Every file is written under a temporary name and renamed, so an interruption leaves whole files
     only. Each encoded batch is also saved as a hidden part; with ``resume`` a batch whose part exists
@@ -128,6 +142,9 @@ def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None,
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     limits.BATCH.check(batch_size, f"batch size {batch_size}")
+    family = check_family(family)
+    if encoder is not None:
+        check_encoder_family(encoder, family)
     records: List[dict] = []
     tensors: Dict = {}
     batch: List[Tuple[PageJob, object, dict]] = []
@@ -164,7 +181,7 @@ def write_pages(jobs: Iterable[PageJob], total: int, out_dir: str, encoder=None,
             g = job.layout.geometry
             rec = {"name": job.name, "file": os.path.basename(path), "mode": job.mode,
                    "size": [g.width, g.height],
-                   "vision_tokens": vision_token_count(g.width, g.height, job.mode, max_tiles),
+                   "vision_tokens": vision_token_count(g.width, g.height, job.mode, max_tiles, family=family),
                    "pixels_sha256": hashlib.sha256(im.tobytes()).hexdigest(), **job.meta}
             records.append(rec)
             batch.append((job, im, rec))
@@ -204,7 +221,8 @@ def save_encoded(out_dir: str, tensors: Dict, records: List[dict], encoder) -> O
     from safetensors.torch import save_file
 
     path = os.path.join(out_dir, "encoded.safetensors")
-    meta = {"format": "deepencoder.optical/1", "random_weights": str(bool(encoder.random_weights)).lower(),
+    meta = {"format": "deepencoder.optical/1", "family": getattr(encoder, "family", "ocr1"),
+            "random_weights": str(bool(encoder.random_weights)).lower(),
             "config": getattr(encoder.config, "name", "?"),
             "pages": json.dumps([{k: r[k] for k in ("name", "mode", "vision_tokens", "size")} for r in records])}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -225,37 +243,47 @@ def versions() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- render
-def render_to_dir(text: str, out_dir: str, mode: str = "base", density: float = DEFAULT_DENSITY,
+def render_to_dir(text: str, out_dir: str, mode: Optional[str] = None, density: float = DEFAULT_DENSITY,
                   font_size: Optional[int] = None, page_size: Optional[Tuple[int, int]] = None,
                   markdown: bool = True, tokenizer=None, encoder=None, max_pages: Optional[int] = DEFAULT_MAX_PAGES,
-                  max_tiles: int = DEFAULT_MAX_TILES, batch_size: int = 8, force: bool = False,
-                  progress: bool = True, source: str = "", request_key: Optional[str] = None) -> dict:
-    """Render ``text`` for ``mode`` into ``out_dir`` (and encode when ``encoder``, a DeepEncoder or a
-    zero-argument factory of one, is given).
+                  max_tiles: Optional[int] = None, batch_size: int = 8, force: bool = False,
+                  progress: bool = True, source: str = "", request_key: Optional[str] = None,
+                  family: str = "ocr1") -> dict:
+    """Render ``text`` for ``mode`` of model ``family`` into ``out_dir`` (and encode when ``encoder``, a
+    DeepEncoder of that family or a zero-argument factory of one, is given).
+
+    ``mode`` None: the family's default (ocr1 base, ocr2 gundam); ``max_tiles`` None: its Gundam MAX. The
+    compression table lists every mode of the family.
 
     Returns the summary (also written to ``summary.json``); ``summary["table_text"]`` is the printed
     compression table. ``request_key`` (any string identifying the request) lets a rerun continue an
     interrupted run in ``out_dir`` (see :func:`prepare_out`).
     """
+    family = check_family(family)
+    mode = get_mode(DEFAULT_MODE[family] if mode is None else mode, family).name
+    max_tiles = resolve_max_tiles(get_mode("gundam", family), max_tiles)
     counter = make_counter(tokenizer)
-    lay = layout_text(text, mode, density, font_size, page_size, markdown, max_pages, max_tiles)
+    lay = layout_text(text, mode, density, font_size, page_size, markdown, max_pages, max_tiles, family=family)
     limits.BATCH.check(batch_size, f"batch size {batch_size}")
     resume = prepare_out(out_dir, force, request_key)
     if encoder is not None and not hasattr(encoder, "encode"):
         encoder = encoder()  # a factory: build the (slow to load) encoder only once the input is known good
+    if encoder is not None:
+        check_encoder_family(encoder, family)
     g = lay.geometry
     n = lay.num_pages
     jobs = (PageJob(f"page-{p + 1:04d}", lay, p, mode, {"chars": _page_chars(lay, p)}) for p in range(n))
-    records, tensors = write_pages(jobs, n, out_dir, encoder, batch_size, max_tiles, progress, resume)
+    records, tensors = write_pages(jobs, n, out_dir, encoder, batch_size, max_tiles, progress, resume, family)
     save_encoded(out_dir, tensors, records, encoder)
     text_tokens = counter(text)
-    table = compression_table(text_tokens, len(text), n, (g.width, g.height), max_tiles=max_tiles)
+    table = compression_table(text_tokens, len(text), n, (g.width, g.height), max_tiles=max_tiles, family=family)
     table_text = format_compression_table(table, mark=mode)
     _write_json(os.path.join(out_dir, "layout.json"), {
         "fields": ["src", "start", "end", "page", "line", "x", "y", "cells", "kind"],
         "sources": {"0": source or "<text>"}, "records": [list(r) for r in lay.records()]})
     summary = {
-        "command": "render", "source": source, "chars": len(text), "markdown": markdown, "mode": mode,
+        "command": "render", "family": family, "source": source, "chars": len(text), "markdown": markdown,
+        "mode": mode, "max_tiles": max_tiles,
         "density_target": None if font_size else density, "page": g.as_dict(), "pages": records,
         "text_tokens": text_tokens, "text_tokenizer": counter.name, "text_tokens_are_estimates": counter.is_estimate,
         "missing_characters": {f"U+{ord(c):04X}": k for c, k in lay.missing.items()},
@@ -341,8 +369,10 @@ def compress_to_dir(plan: Plan, out_dir: str, encoder=None, batch_size: int = 8,
     resume = prepare_out(out_dir, force, request_key)
     if encoder is not None and not hasattr(encoder, "encode"):
         encoder = encoder()  # a factory, as in render_to_dir
+    if encoder is not None:
+        check_encoder_family(encoder, plan.family)
     records, tensors = write_pages(plan_jobs(plan), total, out_dir, encoder, batch_size, plan.max_tiles, progress,
-                                   resume)
+                                   resume, plan.family)
     save_encoded(out_dir, tensors, records, encoder)
     tables = {"budget": budget_table(plan), "levels": level_table(plan)}
     summary = {"command": "compress", **plan.as_dict(), "pages": records, "context": context_items(plan, records),

@@ -3,22 +3,28 @@
 DeepSeek-OCR's proposal (paper, section "memory forgetting"): keep recent context as text, render older
 context to images and shrink them with age, so a long conversation fades instead of being cut off.
 
-Representation ladder, highest fidelity first::
+Representation ladder, highest fidelity first; each model family offers its own modes::
 
-    text → gundam → large → base → small → tiny (→ dropped, only when asked)
+    ocr1 (DeepSeek-OCR):    text → gundam → large → base → small → tiny (→ dropped, only when asked)
+    ocr2 (DeepSeek-OCR 2):  text → gundam → base                        (→ dropped, only when asked)
 
-Every image level encodes the *same* pages (one page geometry, default 1280x1280 with a font chosen
-for ~40 characters per Large vision token); only the encoder mode changes, so a step down the ladder
-keeps the text and spends fewer vision tokens on it (1280x1280 page: Gundam 693, Large 421, Base 273,
-Small 111, Tiny 73, from :func:`deepencoder.modes.vision_token_count`). Turns that share a level share
+DeepSeek-OCR 2 has one global view size (1024, 257 tokens) and 768 crops (144 tokens each), so its only
+steps are "with crops" (gundam) and "global view only" (base); below base a turn can only be dropped.
+Its default page is 1536x1536 (``--page-mode gundam``): gundam 4 x 144 + 257 = 833 tokens, base 257.
+
+Every image level encodes the *same* pages (one page geometry; ocr1 default 1280x1280 with a font chosen
+for ~40 characters per Large vision token, ocr2 1536x1536 with ~40 per Gundam token); only the encoder
+mode changes, so a step down the ladder keeps the text and spends fewer vision tokens on it (ocr1
+1280x1280 page: Gundam 693, Large 421, Base 273, Small 111, Tiny 73; ocr2 1536x1536 page: Gundam 833,
+Base 257; from :func:`deepencoder.modes.vision_token_count`). Turns that share a level share
 pages (a transcript with a bold label row per turn), so short old turns do not each pay a full page.
 
 Two steps:
 
 1. Schedule: each turn gets a level from its age (``text`` below 4 turns, ``gundam`` below 8, ...).
 2. Fit (``budget`` given): while the total exceeds the budget, the oldest turn not yet at the floor
-   (Tiny) goes one level down. Older turns are always at the floor when a turn moves, so the order
-   "older never has a higher fidelity than newer" holds at every step. If all-Tiny still does not fit,
+   (ocr1 Tiny, ocr2 Base) goes one level down. Older turns are always at the floor when a turn moves, so the order
+   "older never has a higher fidelity than newer" holds at every step. If all-floor still does not fit,
    ``on_overflow="error"`` raises :class:`BudgetError` (saying what the cheapest plan costs);
    ``on_overflow="drop"`` drops the oldest turns, which the plan lists in ``dropped``.
 
@@ -35,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from ..modes import DEFAULT_MAX_TILES, get_mode
+from ..modes import check_family, get_mode, resolve_max_tiles
 from .render import (
     DEFAULT_DENSITY,
     Layout,
@@ -50,13 +56,20 @@ from .render import (
 )
 from .tokens import TokenCounter, make_counter, vision_tokens_per_page
 
-LADDER = ("text", "gundam", "large", "base", "small", "tiny")
+LADDER = ("text", "gundam", "large", "base", "small", "tiny")  # ocr1
+FAMILY_LADDERS = {"ocr1": LADDER, "ocr2": ("text", "gundam", "base")}
 DROPPED = "dropped"
-DEFAULT_PAGE_MODE = "large"
-DEFAULT_SCHEDULES = {
+DEFAULT_PAGE_MODE = "large"  # ocr1
+DEFAULT_PAGE_MODES = {"ocr1": "large", "ocr2": "gundam"}
+DEFAULT_SCHEDULES = {  # ocr1
     "turns": "text:4,gundam:8,large:16,base:32,small:64,tiny",
     "seconds": "text:1h,gundam:6h,large:1d,base:3d,small:1w,tiny",
 }
+# ocr2: the same first bound as ocr1 for text; gundam until ocr1's turn from large to base (16 turns, 1 day),
+# since ocr2's base costs about ocr1's base (257 vs 273 tokens) and its gundam about ocr1's (833 vs 693)
+FAMILY_SCHEDULES = {"ocr1": DEFAULT_SCHEDULES,
+                    "ocr2": {"turns": "text:4,gundam:16,base", "seconds": "text:1h,gundam:1d,base"}}
+_FAMILY_NAMES = {"ocr1": "DeepSeek-OCR", "ocr2": "DeepSeek-OCR 2"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -206,24 +219,33 @@ class Schedule:
     levels: Tuple[str, ...]
     bounds: Tuple[float, ...]
     unit: str = "turns"
+    family: str = "ocr1"
 
     def __post_init__(self):
+        fam = check_family(self.family)
+        object.__setattr__(self, "family", fam)
+        ladder = FAMILY_LADDERS[fam]
         if not self.levels or len(self.bounds) != len(self.levels) - 1:
             raise ValueError("a schedule needs one upper age bound per level except the last")
         idx = []
         for lv in self.levels:
-            if lv not in LADDER:
-                raise ValueError(f"unknown level {lv!r}: choose from {', '.join(LADDER)}")
-            idx.append(LADDER.index(lv))
+            if lv not in ladder:
+                if any(lv in other for other in FAMILY_LADDERS.values()):
+                    raise ValueError(f"schedule level {lv!r} is not a mode of model family {fam!r} "
+                                     f"({_FAMILY_NAMES[fam]}): its ladder is {' > '.join(ladder)}")
+                raise ValueError(f"unknown level {lv!r}: choose from {', '.join(ladder)} (model family {fam!r})")
+            idx.append(ladder.index(lv))
         if any(b <= a for a, b in zip(idx, idx[1:])):
-            raise ValueError(f"schedule levels must follow the ladder {' > '.join(LADDER)} (falling "
+            raise ValueError(f"schedule levels must follow the ladder {' > '.join(ladder)} (falling "
                              f"resolution), got {' > '.join(self.levels)}")
         if any(b <= a for a, b in zip(self.bounds, self.bounds[1:])) or any(b <= 0 for b in self.bounds):
             raise ValueError(f"schedule age bounds must be positive and increasing, got {list(self.bounds)}")
 
     @staticmethod
-    def parse(spec: Optional[str] = None, unit: str = "turns") -> "Schedule":
-        spec = spec or DEFAULT_SCHEDULES[unit]
+    def parse(spec: Optional[str] = None, unit: str = "turns", family: str = "ocr1") -> "Schedule":
+        """``"level:bound,...,level"`` (None: the family's default, :data:`FAMILY_SCHEDULES`)."""
+        family = check_family(family)
+        spec = spec or FAMILY_SCHEDULES[family][unit]
         levels, bounds = [], []
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         for k, p in enumerate(parts):
@@ -236,7 +258,7 @@ class Schedule:
             elif colon:  # a bound here would be dropped silently: the last level takes every older age
                 raise ValueError(f"the last schedule entry {p!r} takes every older age and has no bound; "
                                  f"write {name.strip()!r}")
-        return Schedule(tuple(levels), tuple(bounds), unit)
+        return Schedule(tuple(levels), tuple(bounds), unit, family)
 
     def level_for(self, age: float) -> str:
         for lv, b in zip(self.levels, self.bounds):
@@ -249,15 +271,19 @@ class Schedule:
         return ", ".join(parts + [f"{self.levels[-1]} beyond"]) + f" ({self.unit})"
 
 
-def effective_ladder(geometry: PageGeometry, max_tiles: int = DEFAULT_MAX_TILES) -> Tuple[List[str], Dict[str, int]]:
-    """Levels whose vision tokens per page strictly fall along the ladder, and those counts.
+def effective_ladder(geometry: PageGeometry, max_tiles: Optional[int] = None,
+                     family: str = "ocr1") -> Tuple[List[str], Dict[str, int]]:
+    """Levels of ``family`` whose vision tokens per page strictly fall along its ladder, and those counts.
 
-    Gundam only outranks Large when the page is big enough to be cut into tiles: on a page of 640 or
-    less it is its 1024 global view alone (273 tokens, as Base), so it is left out.
+    Gundam only outranks the next level when the page is big enough to be cut into tiles: on a page of
+    640 or less (ocr1) it is its 1024 global view alone (273 tokens, as Base, below Large), on a page of
+    768 or less (ocr2) its global view alone (257, the same as ocr2's base), so it is left out.
     """
+    family = check_family(family)
+    full = FAMILY_LADDERS[family]
     size = (geometry.width, geometry.height)
-    per = {m: vision_tokens_per_page(size, m, max_tiles) for m in LADDER[1:]}
-    levels = ["text"] + [m for m in LADDER[1:] if m != "gundam" or per["gundam"] > per["large"]]
+    per = {m: vision_tokens_per_page(size, m, max_tiles, family) for m in full[1:]}
+    levels = ["text"] + [m for m in full[1:] if m != "gundam" or per["gundam"] > per[full[2]]]
     imgs = levels[1:]
     if any(per[b] >= per[a] for a, b in zip(imgs, imgs[1:])):  # cannot happen with the SPEC's modes
         raise AssertionError(f"vision tokens do not fall along the ladder: {per}")
@@ -297,10 +323,11 @@ class Plan:
     schedule: Schedule
     budget: Optional[int]
     markdown: bool = True
-    max_tiles: int = DEFAULT_MAX_TILES
+    max_tiles: Optional[int] = None  # None: the family's Gundam default
     steps: int = 0
     dropped: List[int] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    family: str = "ocr1"
 
     # -- costs
     @property
@@ -359,6 +386,7 @@ class Plan:
 
     def as_dict(self) -> dict:
         return {
+            "family": self.family,
             "budget": self.budget,
             "tokens_all_text": self.cost_all_text,
             "tokens_scheduled": self.cost_scheduled,
@@ -369,6 +397,7 @@ class Plan:
             "age_unit": self.age_unit,
             "ladder": self.ladder,
             "page_mode": self.page_mode,
+            "max_tiles": resolve_max_tiles(get_mode("gundam", self.family), self.max_tiles),
             "page": self.geometry.as_dict(),
             "vision_tokens_per_page": self.tokens_per_page,
             "degradation_steps": self.steps,
@@ -392,28 +421,38 @@ def _fmt_age(age: float, unit: str) -> str:
 
 def plan_memory(turns: Sequence[Union[Turn, dict]], budget: Optional[int] = None,
                 schedule: Union[None, str, Schedule] = None, tokenizer=None, age_unit: str = "turns",
-                now=None, page_mode: str = DEFAULT_PAGE_MODE, density: float = DEFAULT_DENSITY,
+                now=None, page_mode: Optional[str] = None, density: float = DEFAULT_DENSITY,
                 font_size: Optional[int] = None, page_size: Optional[Tuple[int, int]] = None,
-                markdown: bool = True, max_tiles: int = DEFAULT_MAX_TILES, on_overflow: str = "error",
-                geometry: Optional[PageGeometry] = None) -> Plan:
+                markdown: bool = True, max_tiles: Optional[int] = None, on_overflow: str = "error",
+                geometry: Optional[PageGeometry] = None, family: str = "ocr1") -> Plan:
     """Schedule a conversation (oldest turn first) by age and fit it into ``budget`` total tokens.
+
+    ``family``: the model family whose modes, token counts and ladder are used ("ocr1" DeepSeek-OCR,
+    "ocr2" DeepSeek-OCR 2; see :data:`FAMILY_LADDERS`). ``page_mode`` None: the family's
+    :data:`DEFAULT_PAGE_MODES` (ocr1 large 1280x1280, ocr2 gundam 1536x1536); ``schedule`` None: the
+    family's :data:`FAMILY_SCHEDULES`; ``max_tiles`` None: the family's Gundam MAX (ocr1 9, ocr2 6).
 
     Returns a :class:`Plan` whose ``levels[i]`` is turn ``i``'s representation. Raises BudgetError
     when even every turn at the floor exceeds the budget and ``on_overflow`` is "error".
     """
+    family = check_family(family)
     if on_overflow not in ("error", "drop"):
         raise ValueError(f"on_overflow must be 'error' or 'drop', got {on_overflow!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
         raise ValueError(f"budget must be a non-negative integer number of tokens, got {budget!r}")
     turns = turns_from_records(list(turns))
     ages, unit = resolve_ages(turns, age_unit, now)
-    sched = schedule if isinstance(schedule, Schedule) else Schedule.parse(schedule, unit)
+    sched = schedule if isinstance(schedule, Schedule) else Schedule.parse(schedule, unit, family)
+    if sched.family != family:
+        raise ValueError(f"the schedule was made for model family {sched.family!r}, the plan is for {family!r}")
     if sched.unit != unit:
         raise ValueError(f"the schedule's ages are in {sched.unit} but the conversation's are in {unit}")
     counter: TokenCounter = make_counter(tokenizer)
-    page_mode = get_mode(page_mode).name
-    g = geometry or choose_geometry(page_mode, density, font_size, page_size, max_tiles=max_tiles)
-    ladder, per_page = effective_ladder(g, max_tiles)
+    page_mode = get_mode(DEFAULT_PAGE_MODES[family] if page_mode is None else page_mode, family).name
+    max_tiles = resolve_max_tiles(get_mode("gundam", family), max_tiles)
+    g = geometry or choose_geometry(page_mode, density, font_size, page_size, max_tiles=max_tiles, family=family)
+    ladder, per_page = effective_ladder(g, max_tiles, family)
+    full = FAMILY_LADDERS[family]
     notes = []
 
     n = len(turns)
@@ -422,9 +461,9 @@ def plan_memory(turns: Sequence[Union[Turn, dict]], budget: Optional[int] = None
     for i in range(n):
         lv = sched.level_for(ages[i])
         if lv not in ladder:  # gundam on a page too small for tiles
-            lv = ladder[LADDER.index(lv) + 1] if LADDER.index(lv) + 1 < len(LADDER) else ladder[-1]
-            msg = (f"gundam is not above large on a {g.width}x{g.height} page (no tiles); "
-                   "scheduled gundam turns use large")
+            lv = full[full.index(lv) + 1] if full.index(lv) + 1 < len(full) else ladder[-1]
+            msg = (f"gundam is not above {lv} on a {g.width}x{g.height} page (no tiles); "
+                   f"scheduled gundam turns use {lv}")
             if msg not in notes:
                 notes.append(msg)
         scheduled.append(lv)
@@ -439,7 +478,8 @@ def plan_memory(turns: Sequence[Union[Turn, dict]], budget: Optional[int] = None
     warn_rtl("".join(t.text for t in turns))
 
     plan = Plan(turns, ages, unit, order, scheduled, list(scheduled), g, page_mode, ladder, per_page, text_tokens,
-                turn_rows, counter.name, counter.is_estimate, sched, budget, markdown, max_tiles, notes=notes)
+                turn_rows, counter.name, counter.is_estimate, sched, budget, markdown, max_tiles, notes=notes,
+                family=family)
     if budget is not None:
         _fit(plan, budget, on_overflow)
     plan.check()

@@ -13,7 +13,8 @@ count of any run of rows ``ceil(rows / geometry.rows)``: the memory-decay planne
 with that formula and the renderer produces exactly that many pages.
 
 Density. ``choose_geometry(mode, density)`` picks the largest font size whose page holds at least
-``density x vision_token_count(width, height, mode)`` characters. The default, 40 characters per vision
+``density x vision_token_count(width, height, mode, family=...)`` characters (the counts of the model family
+the pages are for: DeepSeek-OCR "ocr1" or DeepSeek-OCR 2 "ocr2"). The default, 40 characters per vision
 token, is about 10x compression at ~4 characters per text token: the regime where the DeepSeek-OCR paper
 reports ~97% decoding precision.
 
@@ -42,7 +43,7 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import limits
-from ..modes import DEFAULT_MAX_TILES, get_mode, vision_token_count
+from ..modes import DEFAULT_MODE, check_family, get_mode, resolve_max_tiles, vision_token_count
 from .font import FALLBACK_CHAR, FONT_NAME, font_info, pil_font
 
 # Native page per mode: the side the encoder resizes to, so no pixel is wasted; Gundam gets a portrait
@@ -51,6 +52,13 @@ PAGE_SIZES: Dict[str, Tuple[int, int]] = {
     "tiny": (512, 512), "small": (640, 640), "base": (1024, 1024), "large": (1280, 1280),
     "gundam": (1280, 1920),
 }
+# DeepSeek-OCR 2: base is the 1024 global view alone (257 tokens), so its native page is 1024x1024. Gundam's
+# page is 1536x1536: larger than 768 on both sides, so it is cut into 2 x 2 crops of exactly 768 (native
+# pixels, no resampling; 4 x 144 + 257 = 833 tokens), and square, so when the decay planner shows the same
+# page at base the 1024 global view holds it without padding. (A page of 768 or less would get no crops:
+# gundam would cost the same 257 as base.)
+PAGE_SIZES_V2: Dict[str, Tuple[int, int]] = {"base": (1024, 1024), "gundam": (1536, 1536)}
+FAMILY_PAGE_SIZES: Dict[str, Dict[str, Tuple[int, int]]] = {"ocr1": PAGE_SIZES, "ocr2": PAGE_SIZES_V2}
 DEFAULT_DENSITY = 40.0  # characters per vision token
 MIN_FONT, MAX_FONT = 6, 96
 MIN_COLS = 8
@@ -116,8 +124,10 @@ class PageGeometry:
                 "cell_w": self.cell_w, "line_h": self.line_h, "cols": self.cols, "rows": self.rows}
 
 
-def page_size(mode) -> Tuple[int, int]:
-    return PAGE_SIZES[get_mode(mode).name]
+def page_size(mode, family: str = "ocr1") -> Tuple[int, int]:
+    """The native page of ``mode`` in ``family`` (:data:`FAMILY_PAGE_SIZES`)."""
+    m = get_mode(mode, family)
+    return FAMILY_PAGE_SIZES[m.family][m.name]
 
 
 def check_page_size(width: int, height: int) -> None:
@@ -137,21 +147,25 @@ def parse_page_size(s: str) -> Tuple[int, int]:
     return w, h
 
 
-def choose_geometry(mode="base", density: float = DEFAULT_DENSITY, font_size: Optional[int] = None,
+def choose_geometry(mode=None, density: float = DEFAULT_DENSITY, font_size: Optional[int] = None,
                     size: Optional[Tuple[int, int]] = None, margin: Optional[int] = None,
-                    max_tiles: int = DEFAULT_MAX_TILES) -> PageGeometry:
-    """Page geometry for ``mode``: its native page (or ``size``) and a font for ``density``.
+                    max_tiles: Optional[int] = None, family: str = "ocr1") -> PageGeometry:
+    """Page geometry for ``mode`` of ``family``: its native page (or ``size``) and a font for ``density``.
 
-    With ``font_size`` given, density is ignored. Otherwise the largest size in [MIN_FONT, MAX_FONT]
-    whose page holds ``density * vision_token_count(w, h, mode)`` characters; if even MIN_FONT cannot,
-    MIN_FONT with a warning.
+    ``mode`` None: the family's default (ocr1 base, ocr2 gundam); ``max_tiles`` None: the family's Gundam
+    MAX. With ``font_size`` given, density is ignored. Otherwise the largest size in [MIN_FONT, MAX_FONT]
+    whose page holds ``density * vision_token_count(w, h, mode, family=family)`` characters; if even
+    MIN_FONT cannot, MIN_FONT with a warning.
     """
+    family = check_family(family)
+    mode = get_mode(DEFAULT_MODE[family] if mode is None else mode, family)
+    family = mode.family
     w, h = size or page_size(mode)
     if font_size is not None:
         return PageGeometry.make(w, h, int(font_size), margin)
     if not isinstance(density, (int, float)) or not math.isfinite(density) or density <= 0:
         raise ValueError(f"density must be a positive number of characters per vision token, got {density}")
-    target = density * vision_token_count(w, h, mode, max_tiles)
+    target = density * vision_token_count(w, h, mode, resolve_max_tiles(mode, max_tiles), family=family)
     for s in range(MAX_FONT, MIN_FONT - 1, -1):
         try:
             g = PageGeometry.make(w, h, s, margin)
@@ -633,11 +647,12 @@ def check_pages(n_pages: int, max_pages: Optional[int], g: PageGeometry, what: s
             "(--max-pages) or split the input")
 
 
-def layout_text(text: str, mode="base", density: float = DEFAULT_DENSITY, font_size: Optional[int] = None,
+def layout_text(text: str, mode=None, density: float = DEFAULT_DENSITY, font_size: Optional[int] = None,
                 size: Optional[Tuple[int, int]] = None, markdown: bool = True,
-                max_pages: Optional[int] = DEFAULT_MAX_PAGES, max_tiles: int = DEFAULT_MAX_TILES,
-                geometry: Optional[PageGeometry] = None) -> Layout:
-    """Lay out ``text`` on pages for ``mode`` (see :func:`choose_geometry`). No pixels yet.
+                max_pages: Optional[int] = DEFAULT_MAX_PAGES, max_tiles: Optional[int] = None,
+                geometry: Optional[PageGeometry] = None, family: str = "ocr1") -> Layout:
+    """Lay out ``text`` on pages for ``mode`` of model ``family`` (see :func:`choose_geometry`; ``mode``
+    None: the family's default). No pixels yet.
 
     Raises EmptyInputError for empty or whitespace-only text and TooManyPagesError past ``max_pages``;
     warns (UnsupportedCharacterWarning) for characters drawn as the fallback.
@@ -646,7 +661,7 @@ def layout_text(text: str, mode="base", density: float = DEFAULT_DENSITY, font_s
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise EmptyInputError("the input text is empty (or only whitespace): there is nothing to render")
-    g = geometry or choose_geometry(mode, density, font_size, size, max_tiles=max_tiles)
+    g = geometry or choose_geometry(mode, density, font_size, size, max_tiles=max_tiles, family=family)
     rows, missing = layout_rows(text, g.cols, markdown)
     lay = Layout(rows, g, {0: text}, missing, markdown)
     check_pages(lay.num_pages, max_pages, g)
@@ -655,7 +670,7 @@ def layout_text(text: str, mode="base", density: float = DEFAULT_DENSITY, font_s
     return lay
 
 
-def render_text(text: str, mode="base", **kw) -> Tuple[Layout, list]:
+def render_text(text: str, mode=None, **kw) -> Tuple[Layout, list]:
     """``layout_text`` and every page image (PIL, mode "L"). For long inputs prefer
     ``layout.iter_images()``, which holds one page at a time."""
     lay = layout_text(text, mode, **kw)

@@ -1,7 +1,8 @@
 """Token accounting: text tokens of a string vs vision tokens of the pages that hold it.
 
-Vision tokens per page come from :func:`deepencoder.modes.vision_token_count`, the same count the encoder
-emits (newline after every token row, one view separator; Gundam adds its tiles), so a table here and an
+Vision tokens per page come from :func:`deepencoder.modes.vision_token_count` for the model family asked
+for, the same count its encoder emits (ocr1: newline after every token row, one view separator, Gundam adds
+its tiles; ocr2: no newlines, 257 for the global view, 144 per 768 crop), so a table here and an
 ``encoded.safetensors`` written by the encoder always agree.
 
 Text tokens come from a pluggable counter: any callable ``str -> int`` (or ``str -> sequence``, whose
@@ -16,9 +17,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-from ..modes import DEFAULT_MAX_TILES, get_mode, vision_token_count
+from ..modes import check_family, get_mode, vision_token_count
 
-LADDER_MODES = ("gundam", "large", "base", "small", "tiny")  # falling resolution
+# Image modes of each family in falling resolution (falling vision tokens for a page big enough to tile)
+FAMILY_LADDER_MODES = {"ocr1": ("gundam", "large", "base", "small", "tiny"), "ocr2": ("gundam", "base")}
+LADDER_MODES = FAMILY_LADDER_MODES["ocr1"]
 ESTIMATE_NAME = "ESTIMATE (~4 chars/token, 1 per CJK char; not a real tokenizer)"
 
 # CJK ideographs, kana, hangul, fullwidth forms: a BPE vocabulary spends about one token per character
@@ -94,8 +97,15 @@ def make_counter(spec: Union[None, str, Callable, TokenCounter] = None) -> Token
     raise ValueError(f"unknown tokenizer spec {spec!r}: use 'estimate', 'hf:NAME_OR_PATH' or 'module:function'")
 
 
-def vision_tokens_per_page(size: Tuple[int, int], mode, max_tiles: int = DEFAULT_MAX_TILES) -> int:
-    return vision_token_count(size[0], size[1], mode, max_tiles)
+def ladder_modes(family: str = "ocr1") -> Tuple[str, ...]:
+    """The image modes of ``family``, highest resolution first (ocr1 gundam..tiny, ocr2 gundam, base)."""
+    return FAMILY_LADDER_MODES[check_family(family)]
+
+
+def vision_tokens_per_page(size: Tuple[int, int], mode, max_tiles: Optional[int] = None,
+                           family: str = "ocr1") -> int:
+    """LLM tokens of one ``size`` page at ``mode`` of ``family`` (max_tiles None: the family's default)."""
+    return vision_token_count(size[0], size[1], mode, max_tiles, family=family)
 
 
 def paper_guide(ratio: float) -> str:
@@ -119,22 +129,26 @@ class CompressionRow:
     ratio: float  # text tokens per vision token
     chars_per_vision_token: float
     guide: str
+    family: str = "ocr1"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def compression_table(text_tokens: int, chars: int, pages: int, size: Tuple[int, int],
-                      modes: Sequence[str] = LADDER_MODES, max_tiles: int = DEFAULT_MAX_TILES) -> List[CompressionRow]:
-    """The same ``pages`` pages of ``size`` encoded at each mode: vision tokens and compression ratio."""
+                      modes: Optional[Sequence[str]] = None, max_tiles: Optional[int] = None,
+                      family: str = "ocr1") -> List[CompressionRow]:
+    """The same ``pages`` pages of ``size`` encoded at each mode of ``family`` (``modes`` None: all of
+    them, highest resolution first): vision tokens and compression ratio."""
+    family = check_family(family)
     rows = []
-    for m in modes:
-        m = get_mode(m).name
-        per = vision_tokens_per_page(size, m, max_tiles)
+    for m in (ladder_modes(family) if modes is None else modes):
+        m = get_mode(m, family).name
+        per = vision_tokens_per_page(size, m, max_tiles, family)
         vt = per * pages
         ratio = text_tokens / vt if vt else 0.0
         rows.append(CompressionRow(m, f"{size[0]}x{size[1]}", pages, per, vt, text_tokens, round(ratio, 2),
-                                   round(chars / vt, 1) if vt else 0.0, paper_guide(ratio)))
+                                   round(chars / vt, 1) if vt else 0.0, paper_guide(ratio), family))
     return rows
 
 
@@ -163,7 +177,7 @@ def _isnum(c) -> bool:
 
 def format_compression_table(rows: Sequence[CompressionRow], mark: Optional[str] = None) -> str:
     return format_table(
-        ["mode", "page", "pages", "vision tok/page", "vision tokens", "text tokens", "text/vision",
+        ["mode", "model", "page", "pages", "vision tok/page", "vision tokens", "text tokens", "text/vision",
          "chars/vision tok", "paper precision guide"],
-        [[r.mode + (" *" if r.mode == mark else ""), r.page, r.pages, r.tokens_per_page, r.vision_tokens,
+        [[r.mode + (" *" if r.mode == mark else ""), r.family, r.page, r.pages, r.tokens_per_page, r.vision_tokens,
           r.text_tokens, r.ratio, r.chars_per_vision_token, r.guide] for r in rows])

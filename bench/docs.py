@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Tuple
 BEGIN, END = "<!-- aot:begin -->", "<!-- aot:end -->"
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-PAGES = {"sam_attention": "sam_attention", "compressor": "compressor", "add_layernorm": "add_layernorm"}
+PAGES = {"sam_attention": "sam_attention", "compressor": "compressor", "add_layernorm": "add_layernorm",
+         "flow_attention": "flow_attention", "add_rmsnorm": "add_rmsnorm", "swiglu": "swiglu"}
 
 
 def load_reports(results_dir: str) -> List[Tuple[str, Dict[str, Any]]]:

@@ -1,36 +1,11 @@
 """One Triton launch for the DeepEncoder V2 causal-flow attention: both halves, mask by index, RoPE on load.
 
-Layout (see ``reference.py`` for the facts): ``qkv [B, L, (H + 2*KV)*D]`` straight from the fused
-q/k/v projection, L = 2n, tokens ``0..n-1`` visual, ``n..2n-1`` queries. Output ``[B, L, H*D]``.
-
-Per program: ``BLOCK_M`` consecutive rows ``[m0, m0+BLOCK_M)`` of one (batch, query head). The mask is
-``allowed(r, c) = c < n or c <= r`` (visual rows stop at column n; query row r sees ``0..r``), so
-
-* the key range of the block ends at ``n`` if its last row is visual, else at ``last_row + 1``:
-  key blocks past it are never visited (for n = 256, ``BLOCK_M = BLOCK_N = 64``: 4 of 8 key blocks for
-  visual rows, 5..8 for query rows: 44 % of the dense work skipped);
-* columns below ``lim_min`` (``n`` if the block holds a visual row, else ``m0 + 1``) are allowed for every
-  row of the block: those key tiles run without a mask; only the tiles on the two edges (column ``n`` for
-  visual rows, the diagonal for query rows) are masked.
-
-GQA: query head ``h`` reads KV head ``h // (H // KV)`` (no repeated K/V). RoPE (rotate-half) is applied
-to q once per program and to each k tile as it is loaded, from the ``cos/sin [L, D]`` tables: with the
-halves ``x1 = x[:D/2]``, ``x2 = x[D/2:]``, ``x' = (x1*c1 - x2*s1, x2*c2 + x1*s2)``, and the score is
-``q1'.k1' + q2'.k2'`` (two dots of K = D/2: no rotated copy and no column shuffle).
-
-Rounding against upstream (which rotates in the activation dtype, rounding ``x*cos``, ``rot(x)*sin`` and
-their sum, with the tables rounded to the activation dtype): here the rotation runs in fp32 with the fp32
-tables and is rounded once to the input dtype before the tensor-core dot; softmax in fp32 (base 2),
-``p`` rounded to the input dtype for the PV dot, accumulation in fp32. For float32 inputs the dots are
-IEEE fp32 (the accuracy path, not a fast one: FMA dots). Under ``TRITON_INTERPRET=1`` a bf16 ``tl.dot``
-multiplies raw bits (Triton issue 11584), so ``INTERP_BF16`` feeds the dots fp32 operands there (bf16
-values, exact in fp32); the interpreter also converts fp32 -> bf16 by truncation, so ``_round_lp`` rounds
-to nearest even on the bits there (what the GPU does).
-
-Cost note: every program rotates each K tile it visits (k halves and fp32 cos/sin halves: 4 table loads
-of ``[BLOCK_N, D/2]`` fp32 from L1/L2, ~6 ops per element), about half the elementwise work of the
-softmax of a 128-row tile; that is the price of "no rotated copy". It is also what sets the register
-use (see CONFIGS).
+``qkv [B, L, (H + 2*KV)*D]`` straight from the fused q/k/v projection, L = 2n (tokens ``0..n-1``
+visual, ``n..2n-1`` queries) -> ``[B, L, H*D]``. Mask ``allowed(r, c) = c < n or c <= r``: a row block's
+key range ends at ``n`` (visual rows) or its last row + 1 (query rows), fully masked key blocks are never
+visited and only the two edge tiles are masked. GQA: query head ``h`` reads KV head ``h // (H // KV)``.
+RoPE (rotate-half) is applied to q once per program and to each k tile as loaded, in fp32, rounded once.
+Design, rounding against upstream, interpreter notes and costs: ``docs/flow_attention.md``.
 """
 
 from __future__ import annotations

@@ -289,3 +289,28 @@ def test_error_mid_run_is_one_line_keeps_shards_and_resumes(corpus, reference_ru
     assert run_corpus(_opts([corpus], out), log=logs.append) == 1
     assert _shard_bytes(out) == _shard_bytes(ref)
     assert manifest_digest(str(out)) == manifest_digest(str(ref))
+
+
+def test_ocr2_corpus_matches_direct_encode(corpus, tmp_path):
+    """encode-corpus with the OCR-2 family: family defaults (gundam, MAX 6), 257 tokens per small page,
+    tokens equal to DeepEncoder(family="ocr2").encode on the same page, family recorded in run.json; a rerun
+    with the other family is refused."""
+    import json
+
+    from deepencoder import DeepEncoder
+    from deepencoder.config import DeepEncoderV2Config
+    from deepencoder.corpus import load_page_tokens
+
+    out = tmp_path / "out2"
+    src = [corpus / "b.png"]
+    assert run_corpus(_opts(src, out, model="ocr2", mode=None), log=lambda m: None) == 0
+    rows = read_manifest(out).to_pylist()
+    assert len(rows) == 1 and rows[0]["status"] == "ok"
+    assert rows[0]["mode"] == "gundam" and rows[0]["num_tokens"] == 257  # 90x70: no crops
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["model"] == "ocr2" and run["options"]["max_tiles"] == 6
+    enc = DeepEncoder(DeepEncoderV2Config.small_test(), device="cpu", dtype="float32", backend="reference")
+    want = enc.encode([str(corpus / "b.png")])[0].tokens
+    torch.testing.assert_close(load_page_tokens(str(out), rows[0]).float(), want, rtol=0, atol=0)
+    with pytest.raises(CorpusError, match="different options"):
+        run_corpus(_opts(src, out, model="ocr1", mode=None), log=lambda m: None)

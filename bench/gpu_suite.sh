@@ -117,7 +117,7 @@ EOF
 [ -z "${DEEPENCODER_COMMIT:-}" ] && export DEEPENCODER_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 
 # ---------------------------------------------------------------- 3. CUDA correctness tests
-stage tests 150 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or interpreter" tests/kernels tests/test_fast.py -rfE
+stage tests 150 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or interpreter" tests/kernels tests/test_fast.py tests/test_fast_v2.py -rfE
 TESTS_LINE="$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed|[0-9]+ failed|no tests ran' "$LOG" | tail -1)"
 
 # ---------------------------------------------------------------- 4a. DeepSeek-OCR 2 end to end
@@ -129,6 +129,20 @@ if [ "$OCR2_LIMIT" -gt 0 ]; then
         --e2e-order listed --ocr2-batches 1,8,32 --ocr2-pages 8 --compile base --compile-inline \
         --compile-mode "${OCR2_COMPILE_MODE:-default}" --out "$OUT" --name bench-ocr2 \
         --budget-s $(( OCR2_LIMIT - 40 )) --target-ms 100 --quiet ${BENCH_OCR2_ARGS:-}
+fi
+
+# ---------------------------------------------------------------- 4c. corpus pipeline (encode-corpus, real config)
+# pages/s with and without overlap and the encoder's wait share; needs pypdfium2 + pyarrow (carry their
+# wheels: the GPU machine has no network), else recorded as skipped. PIPELINE_LIMIT_S=0 skips it.
+PIPELINE_LIMIT="${PIPELINE_LIMIT_S:-60}"
+if [ "$PIPELINE_LIMIT" -gt 0 ]; then
+    if "$PY" -c "import pypdfium2, pyarrow" >/dev/null 2>&1; then
+        stage pipeline "$PIPELINE_LIMIT" "$PY" -m bench.pipeline --real --mode gundam --pages 16 --workers 8 \
+            --batch-pages 8 --no-memory --json "$OUT/pipeline.json"
+    else
+        STAGES="${STAGES}pipeline: skipped (pypdfium2/pyarrow not installed here)
+"
+    fi
 fi
 
 # ---------------------------------------------------------------- 4b. benchmark matrix (OCR-1 end to end, all ops)

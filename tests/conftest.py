@@ -11,6 +11,30 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _bind_kernels_now() -> None:
+    """Import every op's ``triton.py`` now, while TRITON_INTERPRET is set: a ``@triton.jit`` function binds to
+    the interpreter (or not) when its module is first imported. Without this, the first import could happen
+    inside a test that sets TRITON_INTERPRET=0 on purpose (checking the fast path's error off-GPU), and
+    every later interpreter test in that process would fail with "Cannot call @triton.jit'd outside of the
+    scope of a kernel"."""
+    import importlib
+    import pkgutil
+
+    try:
+        import deepencoder.kernels as K
+    except ImportError:
+        return
+    for m in pkgutil.iter_modules(K.__path__):
+        if m.ispkg:
+            try:
+                importlib.import_module(f"deepencoder.kernels.{m.name}.triton")
+            except ImportError:  # no Triton here: the ops' own guards say so in the tests that need it
+                pass
+
+
+_bind_kernels_now()
+
 import pytest  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()

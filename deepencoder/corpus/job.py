@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from .. import modes as _modes
+from ..progress import Progress
 from ..sources import DEFAULT_DPI
 from . import store
 from .plan import Plan
@@ -196,55 +197,6 @@ class ShardAssembler:
             self._reset()
 
 
-class Progress:
-    """tqdm bar on a terminal; otherwise a plain line every ``interval`` seconds (logs, CI, nohup)."""
-
-    def __init__(self, total: int, done: int, failed: int, interval: float, stream=None, start: bool = True):
-        self.stream = stream or sys.stderr
-        self.total, self.done, self.failed, self.start_done = total, done, failed, done
-        self.interval = interval
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
-        if start:
-            self.start()
-
-    def start(self) -> None:
-        """Start the clock (and the bar on a terminal)."""
-        self.t0 = self.last = time.perf_counter()
-        if self.stream.isatty() and self.bar is None:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=self.total, initial=self.done, unit="page", file=self.stream,
-                                dynamic_ncols=True, desc="encode-corpus")
-            except ImportError:
-                self.bar = None
-
-    def rate(self) -> float:
-        return (self.done - self.start_done) / max(time.perf_counter() - self.t0, 1e-9)
-
-    def line(self) -> str:
-        rate = self.rate()
-        left = self.total - self.done
-        eta = f"{left / rate:.0f}s" if rate > 0 else "?"
-        return (f"deepencoder: {self.done}/{self.total} pages ({100 * self.done / max(self.total, 1):.1f}%), "
-                f"{rate:.2f} pages/s, ETA {eta}, {self.failed} failed")
-
-    def update(self, rows) -> None:
-        self.done += len(rows)
-        self.failed += sum(r["status"] != "ok" for r in rows)
-        if self.bar is not None:
-            self.bar.set_postfix(failed=self.failed, refresh=False)
-            self.bar.update(len(rows))
-        elif self.interval >= 0 and time.perf_counter() - self.last >= self.interval:
-            self.last = time.perf_counter()
-            print(self.line(), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _summary(out_dir: str, seconds: float, new_pages: int, log) -> int:
     import pyarrow.compute as pc
 
@@ -343,9 +295,11 @@ def run_corpus(opts: CorpusOptions, log=_log, stats=None) -> int:
 
     r = opts.resolved
     store_dtype = getattr(torch, r["store_dtype"])
-    prog = Progress(plan.total, prefix["next_index"], failed_before, opts.progress_interval, start=False)
+    prog = Progress(plan.total, "encode-corpus", unit="page", every=opts.progress_interval,
+                    initial=prefix["next_index"], failed=failed_before, start=False)
     sink = ShardAssembler(opts.out, prefix["shards"], plan.total, None, store_dtype, opts.shard_pages,
-                          opts.shard_bytes, on_rows=prog.update)
+                          opts.shard_bytes,
+                          on_rows=lambda rows: prog.update(len(rows), failed=sum(r["status"] != "ok" for r in rows)))
     chunks = range(start_chunk, plan.n_chunks)
     stage_opts = StageOptions(opts.dpi, opts.mode, opts.max_tiles, opts.family, store_dtype)
     try:

@@ -258,8 +258,15 @@ class DeepEncoder:
         for _, items in sorted(groups.items()):
             for s in range(0, len(items), self.max_batch):
                 chunk = items[s:s + self.max_batch]
-                pix = torch.stack([x[2] for x in chunk]).to(device=self.device, dtype=self.dtype,
-                                                            non_blocking=True)
+                views_ = [x[2] for x in chunk]
+                if self.device.type == "cuda" and not views_[0].is_cuda:
+                    # stack into page-locked memory so the host->device copy is a real async DMA
+                    host = torch.empty((len(views_),) + tuple(views_[0].shape), dtype=views_[0].dtype,
+                                       pin_memory=True)
+                    pix = torch.stack(views_, out=host)
+                else:
+                    pix = torch.stack(views_)
+                pix = pix.to(device=self.device, dtype=self.dtype, non_blocking=True)
                 out = self.encode_pixels(pix)
                 for (i, t, _), o in zip(chunk, out):
                     outputs[(i, t)] = o

@@ -230,17 +230,8 @@ def _patch_ocr2(holder, cuda_graphs, op_backend, backend):
         shim.sam_model, shim.qwen2_model = sam, flow
         shim.projector = getattr(holder, "projector", torch.nn.Identity())
         fast = FastDeepEncoderV2(shim, cuda_graphs=False, op_backend=op_backend)
-
-        def flow_tokens(f: torch.Tensor) -> torch.Tensor:
-            B, C, g, _ = f.shape
-            n = g * g
-            x = torch.empty(B, 2 * n, C, device=f.device, dtype=f.dtype)
-            x[:, :n].copy_(f.flatten(2).transpose(1, 2))
-            x[:, n:].copy_(fast.queries(n).unsqueeze(0).expand(B, -1, -1))
-            return fast.flow_forward(x, n)
-
         sam_fn = _graph_wrap(lambda x: _tokens_to_map(fast.sam_forward(x)), cuda_graphs)
-        flow_fn = _graph_wrap(flow_tokens, cuda_graphs)
+        flow_fn = _graph_wrap(fast.flow_from_features, cuda_graphs)
     entries = {"flow": (flow, lambda x, *a, **k: flow_fn(x))}
     if sam_fn is not None:
         entries["sam"] = (sam, lambda x: sam_fn(x))
@@ -269,17 +260,7 @@ def _patch_native(holder, cuda_graphs, op_backend, backend):
     else:
         from .fast import FastDeepEncoderV2
 
-        fast = FastDeepEncoderV2(ours, cuda_graphs=False, op_backend=op_backend)
-
-        def fn(x):
-            B, S = x.shape[0], x.shape[-1]
-            from .config import token_grid
-
-            n = token_grid(S // fast.sam.patch_embed.proj.stride[0]) ** 2
-            buf = torch.empty(B, 2 * n, fast.queries(n).shape[1], device=x.device, dtype=x.dtype)
-            fast.sam_forward(x, out=buf[:, :n])
-            buf[:, n:].copy_(fast.queries(n).unsqueeze(0).expand(B, -1, -1))
-            return fast.flow_forward(buf, n)
+        fn = FastDeepEncoderV2(ours, cuda_graphs=False, op_backend=op_backend).query_tokens
     run = _graph_wrap(fn, cuda_graphs)
 
     def vision_tower_forward(pixel_values: torch.Tensor, **kwargs):

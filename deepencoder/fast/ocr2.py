@@ -122,15 +122,30 @@ class FastDeepEncoderV2(FastTrunk, GraphedForward):
             x, h = add_rmsnorm(x, p, nxt.weight, self.eps, backend=be)
         return h
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        B, S = pixels.shape[0], pixels.shape[-1]
-        g = token_grid(S // self.sam.patch_embed.proj.stride[0])
-        n = g * g
+    def _flow_buffer(self, B: int, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The flow input ``[B, 2n, C]`` with the learned queries in its second half; the caller fills the
+        visual half (the compressor writes it in place: no concat copy)."""
         q = self.queries(n)
-        C = q.shape[1]
-        # The flow input [B, 2n, C]: the compressor writes the visual half in place, the queries the other.
-        x = torch.empty(B, 2 * n, C, device=pixels.device, dtype=pixels.dtype)
-        self.sam_forward(pixels, out=x[:, :n])
+        x = torch.empty(B, 2 * n, q.shape[1], device=like.device, dtype=like.dtype)
         x[:, n:].copy_(q.unsqueeze(0).expand(B, -1, -1))
-        y = self.flow_forward(x, n)
+        return x
+
+    def query_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B,3,S,S]`` -> final-normed query outputs ``[B, n, C]`` (the vision tower, before the projector)."""
+        g = token_grid(pixels.shape[-1] // self.sam.patch_embed.proj.stride[0])
+        n = g * g
+        x = self._flow_buffer(pixels.shape[0], n, pixels)
+        self.sam_forward(pixels, out=x[:, :n])
+        return self.flow_forward(x, n)
+
+    def flow_from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Compressor output map ``[B, C, g, g]`` (upstream's ``qwen2_model`` input) -> ``[B, g^2, C]``."""
+        B, _, g, _ = feats.shape
+        n = g * g
+        x = self._flow_buffer(B, n, feats)
+        x[:, :n].copy_(feats.flatten(2).transpose(1, 2))
+        return self.flow_forward(x, n)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        y = self.query_tokens(pixels)
         return F.linear(y, self.projector.layers.weight, self.projector.layers.bias)

@@ -21,7 +21,6 @@ SAM/CLIP batch, global views are grouped by size, and results come back per imag
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import torch
 from .config import family_config, normalize_family
 from .models import check_pixels, layout_tokens, layout_tokens_v2, reference_model
 from .modes import DEFAULT_MODE, get_mode
-from .weights import CheckpointError, checkpoint_family, init_random_, load_checkpoint
+from .weights import FAMILY_NAMES, CheckpointError, checkpoint_family, init_random_, load_checkpoint
 
 BACKENDS = ("auto", "reference", "fast")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -85,8 +84,7 @@ def resolve_family(family=None, config=None, weights=None) -> str:
     if weights is not None:
         wf = checkpoint_family(weights)
         if fam is not None and fam != wf:
-            names = {"ocr1": "DeepSeek-OCR (ocr1)", "ocr2": "DeepSeek-OCR 2 (ocr2)"}
-            raise CheckpointError(f"{weights} is a {names[wf]} checkpoint, but model family {fam!r} was requested: "
+            raise CheckpointError(f"{weights} is a {FAMILY_NAMES[wf]} checkpoint, but model family {fam!r} was requested: "
                                   f"use --model {wf} (or leave the family to auto-detection)")
         fam = wf
     return fam or "ocr1"
@@ -294,8 +292,3 @@ class DeepEncoder:
     def warn_if_random(self) -> None:
         if self.random_weights:
             warnings.warn(RANDOM_WEIGHTS_WARNING, stacklevel=2)
-
-
-def _describe(x) -> str:
-    """A path names its source; anything else (PIL image, array) its type."""
-    return os.fspath(x) if isinstance(x, (str, os.PathLike)) else type(x).__name__

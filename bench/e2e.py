@@ -180,11 +180,13 @@ def _shape_views_cls(cfg):
         class ShapeViews(_views_base()):
             @property
             def num_tokens(self) -> int:
+                from deepencoder.modes import layout_token_count
+
                 p = cfg.sam.patch_size
                 _, g = grid_sizes(self.global_view.shape[-1], p)
                 _, t = grid_sizes(self.tiles.shape[-1], p)
                 cols, rows = self.grid
-                return g * (g + 1) + (rows * t) * (cols * t + 1) + 1
+                return layout_token_count(g, t, cols, rows, self.family)
 
         _SHAPE_VIEWS["cls"] = ShapeViews
     return _SHAPE_VIEWS["cls"]

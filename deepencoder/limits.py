@@ -30,9 +30,9 @@ class Limit:
         try:
             v = int(raw)
         except ValueError:
-            raise LimitError(f"{self.env}={raw!r} is not an integer") from None
+            raise LimitError(f"{self.env} must be an integer, got {raw!r}") from None
         if v < 1:
-            raise LimitError(f"{self.env}={raw!r} must be a positive integer")
+            raise LimitError(f"{self.env} must be a positive integer, got {raw!r}")
         return v
 
     def check(self, n: int, subject: str) -> int:
@@ -47,7 +47,7 @@ class Limit:
 # Pillow's own decompression-bomb threshold (it only warns below twice this); here it is a hard error.
 IMAGE_PIXELS = Limit("DEEPENCODER_MAX_IMAGE_PIXELS", 89_478_485, "decoded image pixels")
 PAGE_PIXELS = Limit("DEEPENCODER_MAX_PAGE_PIXELS", 4096 * 4096, "page pixels")
-# The same variable and default as deepencoder.modes.max_tiles_limit on main (one cap, two entry points).
+# deepencoder.modes.max_tiles_limit reads this one too.
 TILES = Limit("DEEPENCODER_MAX_TILES_LIMIT", 36, "Gundam tiles per image")
 BATCH = Limit("DEEPENCODER_MAX_BATCH", 256, "pages per encoder call")
 

@@ -22,7 +22,6 @@ Facts, from upstream's ``process/image_process.py`` (``count_tiles``, ``find_clo
 from __future__ import annotations
 
 import numbers
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -118,15 +117,12 @@ def _check_int(v, what: str, lo: int) -> int:
 
 def max_tiles_limit() -> int:
     """Largest Gundam MAX accepted: 36 (a 6×6 grid, 4× upstream's largest default), or the value of the
-    environment variable DEEPENCODER_MAX_TILES_LIMIT. Bounds the views' memory (36 tiles of 768² are
-    255 MB in float32) and the encoder's work for one image."""
-    env = os.environ.get("DEEPENCODER_MAX_TILES_LIMIT")
-    if env is None:
-        return 36
-    try:
-        return max(1, int(env))
-    except ValueError:
-        raise ValueError(f"DEEPENCODER_MAX_TILES_LIMIT must be an integer, got {env!r}") from None
+    environment variable DEEPENCODER_MAX_TILES_LIMIT (:data:`deepencoder.limits.TILES`, the one place the
+    cap and its variable are defined). Bounds the views' memory (36 tiles of 768² are 255 MB in float32)
+    and the encoder's work for one image."""
+    from .limits import TILES
+
+    return TILES.value
 
 
 def _check_max_tiles(v, lo: int) -> int:

@@ -189,20 +189,32 @@ class DeepEncoder:
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B,3,S,S]`` normalised pixels -> projected tokens ``[B, g^2, n_embed]`` (no layout)."""
         check_pixels(pixels, self.config)
-        if pixels.is_floating_point() and not bool(torch.isfinite(pixels).all()):
-            bad = int((~torch.isfinite(pixels)).sum())
-            raise ValueError(f"pixels hold {bad} non-finite value(s) (NaN/Inf) of {pixels.numel()}; "
-                             "the encoder would return NaN tokens")
+        # Non-finite pixels are an input error, non-finite outputs a model one. Host pixels are checked here;
+        # for device pixels both checks share one host sync after the forward (none between the async
+        # host->device copy and the launches).
+        given = pixels
+        pix_bad = ~torch.isfinite(given).all()
+        if not given.is_cuda and bool(pix_bad):
+            self._raise_bad_pixels(given)
         if self.family == "ocr2":
             self.config.num_queries(pixels.shape[-1])  # one-line error for a side without a query table
         pixels = pixels.to(device=self.device, dtype=self.dtype)
         out = self.fast_model(pixels) if self.backend == "fast" else self.model(pixels)
-        if not bool(torch.isfinite(out).all()):  # e.g. fp16 overflow, or corrupt weights set after loading
+        in_bad, out_bad = torch.stack([pix_bad.to(out.device), ~torch.isfinite(out).all()]).tolist()
+        if in_bad:
+            self._raise_bad_pixels(given)
+        if out_bad:  # e.g. fp16 overflow, or corrupt weights set after loading
             bad = int((~torch.isfinite(out)).sum())
             raise FloatingPointError(f"the encoder produced {bad} non-finite token value(s) of {out.numel()} "
                                      f"(backend {self.backend}, dtype {str(self.dtype).replace('torch.', '')}); "
                                      "refusing to return them")
         return out
+
+    @staticmethod
+    def _raise_bad_pixels(pixels: torch.Tensor):
+        bad = int((~torch.isfinite(pixels)).sum())
+        raise ValueError(f"pixels hold {bad} non-finite value(s) (NaN/Inf) of {pixels.numel()}; "
+                         "the encoder would return NaN tokens")
 
     # ------------------------------------------------------------------ images -> tokens
     @torch.inference_mode()
